@@ -1,0 +1,1 @@
+"""The `headwater` command line: thin entry points over the package."""

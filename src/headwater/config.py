@@ -1,0 +1,142 @@
+"""Typed configuration: `headwater.yaml` validated at the edge into frozen structs.
+
+Every option has a default, so an empty file (or none) runs a working embedded Headwater.
+Sizes accept integers (bytes) or strings like "64MB"; durations accept seconds or strings like
+"7d", "12h", "30m", "500ms".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message says where."""
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as "512KB" or "10GB" (binary units)."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b?)\s*", value.lower())
+    if not m:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512KB, 64MB, 10GB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds from a number or a string such as "500ms", "30m", "7d"."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", value.lower())
+    if not m:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 30s, 12h, 7d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+
+
+class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A source declared in the file; its write keys are exactly the ones listed."""
+
+    name: str
+    write_keys: list[str] = []
+    enabled: bool = True
+
+
+class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A workspace and its sources."""
+
+    name: str
+    sources: list[SourceConfig] = []
+
+
+class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How long and how much the log keeps; the oldest segments go first."""
+
+    max_age: int | float | str = "7d"
+    max_bytes: int | str = "20GB"
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The log every stage reads and writes."""
+
+    backend: Literal["embedded"] = "embedded"
+    partitions: int = 8
+    fsync: Literal["always", "interval"] = "always"
+    fsync_interval: int | float | str = "50ms"
+    segment_bytes: int | str = "64MB"
+    max_pending_bytes: int | str = "32MB"
+    min_free_disk: int | str = "64MB"
+    retention: RetentionConfig = RetentionConfig()
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The Tracking API."""
+
+    trusted_proxies: list[str] = []
+    max_concurrent_requests: int = 256
+    public_url: str | None = None
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The whole of `headwater.yaml`."""
+
+    data: str | None = None
+    log: LogConfig = LogConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    workspaces: list[WorkspaceConfig] = []
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file; `None` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        raw: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {p}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    try:
+        config = msgspec.convert(raw, Config)
+        _check(config)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
+    return config
+
+
+def _check(config: Config) -> None:
+    log = config.log
+    if not 1 <= log.partitions <= 1024:
+        raise ValueError("log.partitions must be between 1 and 1024")
+    for size in (log.segment_bytes, log.max_pending_bytes, log.min_free_disk,
+                 log.retention.max_bytes):
+        parse_size(size)
+    for duration in (log.fsync_interval, log.retention.max_age):
+        parse_duration(duration)
+    seen_ws: set[str] = set()
+    seen_keys: set[str] = set()
+    for ws in config.workspaces:
+        if ws.name in seen_ws:
+            raise ValueError(f"workspace {ws.name!r} is declared twice")
+        seen_ws.add(ws.name)
+        names: set[str] = set()
+        for src in ws.sources:
+            if src.name in names:
+                raise ValueError(f"source {src.name!r} is declared twice in workspace {ws.name!r}")
+            names.add(src.name)
+            for key in src.write_keys:
+                if key in seen_keys:
+                    raise ValueError(f"write key {key!r} is declared for more than one source")
+                seen_keys.add(key)

@@ -1,0 +1,1 @@
+"""The gateway: the Segment-compatible Tracking API, validation and stamping, durable acks."""

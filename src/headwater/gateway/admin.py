@@ -1,0 +1,112 @@
+"""The admin REST API under `/admin/v1/`, protected by the admin token (Bearer)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from headwater.control.store import ControlError, ControlStore, Source, Workspace, hash_token
+from headwater.gateway.http import HttpError
+
+_encoder = msgspec.json.Encoder()
+
+
+class NewWorkspace(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class NewSource(msgspec.Struct, forbid_unknown_fields=True):
+    workspace: str
+    name: str
+    write_keys: list[str] | None = None
+
+
+class Rotation(msgspec.Struct, forbid_unknown_fields=True):
+    grace_seconds: float = 86400.0
+
+
+def workspace_json(ws: Workspace) -> dict[str, Any]:
+    return {"id": ws.id, "name": ws.name, "created_ms": ws.created_ms}
+
+
+def source_json(src: Source) -> dict[str, Any]:
+    return {
+        "id": src.id,
+        "workspace": src.workspace,
+        "workspace_id": src.workspace_id,
+        "name": src.name,
+        "enabled": src.enabled,
+        "created_ms": src.created_ms,
+        "write_keys": [
+            {"key": k.key, "created_ms": k.created_ms, "expires_ms": k.expires_ms,
+             "disabled": k.disabled}
+            for k in src.write_keys
+        ],
+    }
+
+
+class AdminApi:
+    """Routes admin requests to the control store (small, rare requests: run inline)."""
+
+    def __init__(self, store: ControlStore) -> None:
+        self.store = store
+
+    def authorize(self, header: str | None) -> None:
+        stored = self.store.admin_token_hash()
+        if stored is None:
+            raise HttpError(403, "admin_disabled", "no admin token is configured")
+        if not header or header[:7].lower() != "bearer ":
+            raise HttpError(401, "unauthorized", "send Authorization: Bearer <admin token>")
+        if not hmac.compare_digest(stored, hash_token(header[7:].strip())):
+            raise HttpError(401, "unauthorized", "wrong admin token")
+
+    def handle(self, method: str, path: str, query: str, body: bytes) -> tuple[int, bytes]:
+        parts = [unquote(p) for p in path.removeprefix("/admin/v1/").strip("/").split("/")]
+        try:
+            status, result = self._route(method, parts, parse_qs(query), body)
+        except ControlError as exc:
+            raise HttpError(exc.status, exc.code, str(exc)) from None
+        except msgspec.ValidationError as exc:
+            raise HttpError(400, "bad_request", f"invalid request body: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        return status, _encoder.encode(result)
+
+    def _route(
+        self, method: str, parts: list[str], query: dict[str, list[str]], body: bytes
+    ) -> tuple[int, Any]:
+        store = self.store
+        match (method, parts):
+            case ("GET", ["workspaces"]):
+                return 200, {"workspaces": [workspace_json(w) for w in store.list_workspaces()]}
+            case ("POST", ["workspaces"]):
+                req = msgspec.json.decode(body or b"{}", type=NewWorkspace)
+                return 201, workspace_json(store.create_workspace(req.name))
+            case ("GET", ["sources"]):
+                ws = query.get("workspace", [None])[0]
+                return 200, {"sources": [source_json(s) for s in store.list_sources(ws)]}
+            case ("POST", ["sources"]):
+                new = msgspec.json.decode(body or b"{}", type=NewSource)
+                src = store.create_source(new.workspace, new.name, write_keys=new.write_keys)
+                return 201, source_json(src)
+            case ("GET", ["sources", ref]):
+                return 200, source_json(store.source(ref))
+            case ("POST", ["sources", ref, "rotate"]):
+                rot = msgspec.json.decode(body or b"{}", type=Rotation)
+                src, key = store.rotate_write_key(ref, grace_seconds=rot.grace_seconds)
+                return 200, {"write_key": key, "source": source_json(src)}
+            case ("POST", ["sources", ref, "disable"]):
+                return 200, source_json(store.set_source_enabled(ref, False))
+            case ("POST", ["sources", ref, "enable"]):
+                return 200, source_json(store.set_source_enabled(ref, True))
+            case ("DELETE", ["sources", ref, "write-keys", key]):
+                src = store.source(ref)
+                if key not in {k.key for k in src.write_keys}:
+                    raise ControlError("no such write key on this source", status=404,
+                                       code="not_found")
+                store.disable_write_key(key)
+                return 200, source_json(store.source(ref))
+        raise HttpError(404, "not_found", "no such admin endpoint")

@@ -1,0 +1,156 @@
+"""HTTP plumbing for the RSGI app: bounded body reading, gzip with a size cap, auth, responses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import zlib
+from typing import Any
+
+import msgspec
+
+JSON = "application/json"
+SUCCESS_BODY = b'{"success":true}'
+
+_encoder = msgspec.json.Encoder()
+
+
+class HttpError(Exception):
+    """Answer the request with `status` and a JSON body `{"code", "message"}`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return _encoder.encode({"code": self.code, "message": self.message})
+
+
+def too_large(limit: int) -> HttpError:
+    return HttpError(400, "payload_too_large", f"Exceed payload limit ({limit} bytes)")
+
+
+async def read_body(scope: Any, proto: Any, limit: int) -> bytes:
+    """The request body, decompressed, refusing anything over `limit` bytes (before or after
+    decompression) without buffering more than that."""
+    headers = scope.headers
+    length = headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise HttpError(400, "bad_request", "invalid Content-Length") from None
+        if declared > limit:
+            raise too_large(limit)
+        body: bytes = await proto()
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in proto:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    if len(body) > limit:
+        raise too_large(limit)
+    encoding = headers.get("content-encoding")
+    if encoding:
+        body = decompress(body, encoding.strip().lower(), limit)
+    return body
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate gzip or deflate without ever producing more than `limit` bytes."""
+    if encoding == "gzip" or encoding == "x-gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        wbits = zlib.MAX_WBITS
+    elif encoding == "identity":
+        return body
+    else:
+        raise HttpError(415, "unsupported_encoding",
+                        f"Content-Encoding {encoding!r} is not supported (use gzip)")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise HttpError(400, "invalid_encoding", f"the body is not valid {encoding}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise too_large(limit)
+    if not inflater.eof:
+        raise HttpError(400, "invalid_encoding", f"the {encoding} body is truncated")
+    return out
+
+
+def basic_auth_key(header: str | None) -> str | None:
+    """The write key of an `Authorization: Basic base64(key:)` header (colon optional);
+    None for other schemes (a Bearer token travels with the key in the body)."""
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=False).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, _, password = decoded.partition(":")
+    return user or password or None
+
+
+class ClientAddress:
+    """Finds the client's IP, believing `X-Forwarded-For` only from trusted proxies."""
+
+    def __init__(self, trusted_proxies: list[str]) -> None:
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+
+    def of(self, scope: Any) -> str | None:
+        peer = _peer_ip(scope.client)
+        if not self._trusted or peer is None:
+            return peer
+        forwarded = scope.headers.get("x-forwarded-for")
+        if not forwarded or not self._is_trusted(peer):
+            return peer
+        for hop in reversed([h.strip() for h in forwarded.split(",")]):
+            if not hop:
+                continue
+            if not self._is_trusted(hop):
+                return hop
+        return peer
+
+    def _is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+
+def _peer_ip(client: str | None) -> str | None:
+    if not client:
+        return None
+    if client.startswith("["):
+        return client[1 : client.index("]")] if "]" in client else None
+    host, sep, _port = client.rpartition(":")
+    return host if sep and ":" not in host else client
+
+
+def cors_headers(origin: str | None) -> list[tuple[str, str]]:
+    if origin:
+        return [("access-control-allow-origin", origin), ("vary", "Origin"),
+                ("access-control-allow-credentials", "true")]
+    return [("access-control-allow-origin", "*")]
+
+
+def preflight_headers(origin: str | None, requested: str | None) -> list[tuple[str, str]]:
+    allow = requested or "Content-Type, Authorization, X-Retry-Count, Content-Encoding"
+    return [
+        *cors_headers(origin),
+        ("access-control-allow-methods", "GET, POST, OPTIONS"),
+        ("access-control-allow-headers", allow),
+        ("access-control-max-age", "86400"),
+    ]

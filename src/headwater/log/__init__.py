@@ -1,0 +1,17 @@
+"""The log: partitioned, durable storage of record batches, and the interfaces every backend meets."""
+
+from headwater.log.base import (
+    LogBackpressure,
+    LogError,
+    LogUnavailable,
+)
+from headwater.log.records import Record, RecordBatch, partition_for
+
+__all__ = [
+    "LogBackpressure",
+    "LogError",
+    "LogUnavailable",
+    "Record",
+    "RecordBatch",
+    "partition_for",
+]

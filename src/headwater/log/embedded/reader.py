@@ -1,0 +1,125 @@
+"""Reading the embedded log: committed batches from any offset, and consumer-group offsets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+
+from headwater.log.embedded.store import LogFiles, connect, stored_partitions
+from headwater.log.records import RecordBatch, decode_batch
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedLogReader:
+    """Reads an embedded log, from this or another process, while writers append to it.
+
+    Only batches whose index rows have committed are visible, and those are durable. Reading at
+    an offset that retention has removed continues at the oldest retained offset.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._partitions = stored_partitions(root)
+        self._files = LogFiles(root)
+        self._conn: sqlite3.Connection = connect(self._files, synchronous="NORMAL")
+        self._fds: dict[int, int] = {}
+        self.corrupt_batches = 0
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def read(self, partition: int, offset: int, max_records: int = 10_000) -> list[RecordBatch]:
+        rows = self._conn.execute(
+            "SELECT end_offset, count, segment, position, length FROM batches "
+            "WHERE partition=? AND end_offset>? ORDER BY end_offset LIMIT 1000",
+            (partition, offset),
+        ).fetchall()
+        batches: list[RecordBatch] = []
+        total = 0
+        for end_offset, count, segment, position, length in rows:
+            payload = self._pread(segment, position, length)
+            if payload is None:  # removed by retention after the query: read again from there
+                break
+            base = end_offset - count
+            try:
+                records = decode_batch(payload)
+            except msgspec.DecodeError:
+                self.corrupt_batches += 1
+                log.error(
+                    "unreadable batch in partition %d at offsets %d-%d (segment %d); skipped",
+                    partition, base, end_offset, segment,
+                )
+                records = []
+            batches.append(RecordBatch(partition, base, records, count))
+            total += count
+            if total >= max_records:
+                break
+        return batches
+
+    def end_offsets(self) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT next_offset FROM partitions ORDER BY partition"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def start_offsets(self) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT start_offset FROM partitions ORDER BY partition"
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def size_bytes(self) -> int:
+        """Bytes of data on disk (segment files), the figure retention bounds."""
+        row = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM segments").fetchone()
+        return int(row[0])
+
+    def commit(self, group: str, offsets: dict[int, int]) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        rows = [(group, p, off, now_ms) for p, off in offsets.items()]
+        with self._files.write_lock():
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO consumer_offsets VALUES(?,?,?,?)", rows
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def committed(self, group: str) -> dict[int, int]:
+        rows = self._conn.execute(
+            "SELECT partition, committed FROM consumer_offsets WHERE grp=?", (group,)
+        ).fetchall()
+        return {int(p): int(off) for p, off in rows}
+
+    def groups(self) -> list[str]:
+        """Every consumer group that has committed offsets."""
+        rows = self._conn.execute("SELECT DISTINCT grp FROM consumer_offsets ORDER BY grp")
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._conn.close()
+        self._files.close()
+
+    def _pread(self, segment: int, position: int, length: int) -> bytes | None:
+        fd = self._fds.get(segment)
+        if fd is None:
+            try:
+                fd = os.open(self._files.segment_path(segment), os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            if len(self._fds) >= 8:
+                oldest = min(self._fds)
+                os.close(self._fds.pop(oldest))
+            self._fds[segment] = fd
+        return os.pread(fd, length, position)

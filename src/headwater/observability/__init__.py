@@ -1,0 +1,1 @@
+"""Metrics: cheap per-process counters, merged across processes into Prometheus text."""

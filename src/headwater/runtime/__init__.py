@@ -1,0 +1,1 @@
+"""Running Headwater: preparing a data directory and starting the roles."""
