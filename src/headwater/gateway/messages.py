@@ -1,37 +1,46 @@
 """Decoding Tracking API bodies with msgspec, keeping everything we do not route on as bytes.
 
 Only the fields the gateway validates or stamps are decoded; `properties`, `traits`, `context`
-and friends stay `msgspec.Raw` (the original bytes) and are written back out untouched. Fields
-the schema does not know are kept too: the fast path decodes with unknown fields forbidden, and a
-message that has any is decoded again on a slower path that carries them through.
+and friends stay `msgspec.Raw` (the original bytes) and are written back out untouched.
+
+Two shapes of the same message: `Message` declares the types Segment requires, so msgspec checks
+them in C and the common case needs no per-field checks in Python; unknown fields are forbidden
+there. A body that fails that strict decode is decoded again message by message: a message that
+is fine decodes strictly, anything else decodes as `LenientMessage` (every field `Any`, unknown
+fields carried separately) and is checked field by field, with Segment's reason codes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Raw, UnsetType
+from msgspec import UNSET, Meta, Raw, UnsetType
 
 MESSAGE_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+MAX_MESSAGE_ID_LENGTH = 100
+
+MessageType = Literal["identify", "track", "page", "screen", "group", "alias"]
+OptionalStr = str | None | UnsetType
+MessageId = Annotated[str, Meta(max_length=MAX_MESSAGE_ID_LENGTH)] | None | UnsetType
 
 
-class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """A Segment message; the field order here is the order fields are stored in."""
 
-    type: Any = UNSET
-    event: Any = UNSET
-    name: Any = UNSET
-    category: Any = UNSET
-    groupId: Any = UNSET
-    previousId: Any = UNSET
-    userId: Any = UNSET
-    anonymousId: Any = UNSET
+    type: MessageType | UnsetType = UNSET
+    event: OptionalStr = UNSET
+    name: OptionalStr = UNSET
+    category: OptionalStr = UNSET
+    groupId: OptionalStr = UNSET
+    previousId: OptionalStr = UNSET
+    userId: OptionalStr = UNSET
+    anonymousId: OptionalStr = UNSET
     properties: Raw | UnsetType = UNSET
     traits: Raw | UnsetType = UNSET
     context: Raw | UnsetType = UNSET
     integrations: Raw | UnsetType = UNSET
-    messageId: Any = UNSET
+    messageId: MessageId = UNSET
     timestamp: Any = UNSET
     originalTimestamp: Any = UNSET
     sentAt: Any = UNSET
@@ -42,16 +51,26 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     metadata: Raw | UnsetType = msgspec.field(default=UNSET, name="_metadata")
 
 
-class LenientMessage(Message, forbid_unknown_fields=False):
-    """The same message, ignoring unknown fields (they are collected separately)."""
+def _lenient_field(f: msgspec.structs.FieldInfo) -> tuple[str, Any, Any]:
+    keep_raw = f.type == Raw | UnsetType
+    default = UNSET if f.name == f.encode_name else msgspec.field(default=UNSET,
+                                                                  name=f.encode_name)
+    return f.name, (Raw | UnsetType) if keep_raw else Any, default
 
 
-KNOWN_FIELDS = frozenset(
-    f.encode_name for f in msgspec.structs.fields(Message)  # type: ignore[arg-type]
+LenientMessage = msgspec.defstruct(
+    "LenientMessage",
+    [_lenient_field(f) for f in msgspec.structs.fields(Message)],
+    omit_defaults=True,
+    gc=False,
+    module=__name__,
 )
+"""The same fields with no type constraints (unknown fields are ignored, collected apart)."""
+
+KNOWN_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(Message))
 
 
-class Batch(msgspec.Struct):
+class Batch(msgspec.Struct, gc=False):
     """A `/v1/batch` body on the fast path: every message decodes strictly."""
 
     batch: list[Message] | UnsetType = UNSET
@@ -61,7 +80,7 @@ class Batch(msgspec.Struct):
     integrations: Raw | UnsetType = UNSET
 
 
-class LooseBatch(msgspec.Struct):
+class LooseBatch(msgspec.Struct, gc=False):
     """A `/v1/batch` body whose messages are decoded one by one."""
 
     batch: list[Raw] | None | UnsetType = UNSET
@@ -71,12 +90,14 @@ class LooseBatch(msgspec.Struct):
     integrations: Raw | UnsetType = UNSET
 
 
-class Item(msgspec.Struct):
-    """One message of a request, decoded, with its unknown fields as an encoded JSON object."""
+class Item(msgspec.Struct, gc=False):
+    """One message of a request: a strictly decoded `Message`, or a `LenientMessage` with its
+    unknown fields as an encoded JSON object, or None with the problem that stopped it."""
 
-    message: Message | None
+    message: Any
     extras: bytes | None = None
     problem: str | None = None
+    lenient: bool = False
 
 
 _batch_decoder = msgspec.json.Decoder(Batch)
@@ -148,7 +169,7 @@ def decode_item(raw: Raw) -> Item:
     except msgspec.ValidationError:
         return Item(None, None, "a message must be a JSON object")
     extras = {k: v for k, v in fields.items() if k not in KNOWN_FIELDS}
-    return Item(message, _encoder.encode(extras) if extras else None)
+    return Item(message, _encoder.encode(extras) if extras else None, None, True)
 
 
 def decode_object(raw: Raw) -> dict[str, Raw] | None:

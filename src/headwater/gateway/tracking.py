@@ -19,9 +19,9 @@ from headwater.gateway.messages import (
     decode_single,
     encode_message,
 )
-from headwater.gateway.normalize import Dropped, RequestStamp, normalize
+from headwater.gateway.normalize import Dropped, RequestStamp, coerce, normalize
 from headwater.log.base import LogAppender, LogError
-from headwater.log.records import partition_for
+from headwater.log.records import Run, encode_run, partition_for
 from headwater.observability.metrics import GatewayMetrics
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -38,7 +38,6 @@ SINGLE_PATHS = {
 BATCH_PATHS = frozenset({"/v1/batch", "/v1/b", "/v1/import"})
 
 _encoder = msgspec.json.Encoder()
-_record_encoder = msgspec.msgpack.Encoder()
 
 
 class Outcome(msgspec.Struct):
@@ -65,11 +64,12 @@ class Tracking:
         self.keys = keys
         self.metrics = metrics
         self.clients = clients
+        self._auth_cache: dict[str, str] = {}
 
     async def batch(self, scope: Any, proto: Any) -> bytes:
         """`/v1/batch`, `/v1/b`, `/v1/import`."""
         started = time.perf_counter()
-        header_grant = self._header_grant(scope)
+        header_key, header_grant = self._header_grant(scope)
         body = await read_body(scope, proto, MAX_BATCH_BYTES)
         try:
             items, sent_at, body_key, context, integrations = decode_batch(body)
@@ -84,7 +84,7 @@ class Tracking:
             key = body_key if body_key is not None else first_key
         else:
             grant = header_grant
-            key = _header_key(scope)
+            key = header_key
         if not items:
             self.metrics.drop(grant.source_id, reasons.EMPTY_BATCH)
             raise HttpError(400, reasons.EMPTY_BATCH, "the batch holds no messages")
@@ -100,7 +100,7 @@ class Tracking:
     async def single(self, scope: Any, proto: Any, message_type: str) -> bytes:
         """`/v1/track`, `/v1/t` and the other single-message paths."""
         started = time.perf_counter()
-        header_grant = self._header_grant(scope)
+        header_key, header_grant = self._header_grant(scope)
         body = await read_body(scope, proto, MAX_MESSAGE_BYTES)
         try:
             item = decode_single(body)
@@ -112,7 +112,7 @@ class Tracking:
             grant = self._body_grant(key, 1)
         else:
             grant = header_grant
-            key = _header_key(scope)
+            key = header_key
         stamp = RequestStamp.build(
             datetime.now(UTC), ip=self.clients.of(scope), path_type=message_type,
             write_key=key if type(key) is str else None,
@@ -124,17 +124,17 @@ class Tracking:
         max_bytes: int,
     ) -> bytes:
         partitions = self.partitions
-        parts: list[list[bytes]] = [[] for _ in range(partitions)]
+        per_partition: list[list[bytes] | None] = [None] * partitions
         source_id = grant.source_id
         dropped: list[dict[str, Any]] | None = None
-        nbytes = 0
         accepted = 0
-        encode_record = _record_encoder.encode
         for index, item in enumerate(items):
             msg = item.message
             try:
                 if msg is None:
                     raise Dropped(reasons.BAD_REQUEST, item.problem or "not a message")
+                if item.lenient:
+                    coerce(msg, stamp.path_type)
                 message_id = normalize(msg, stamp)
                 data = encode_message(msg, item.extras)
                 if len(data) > max_bytes:
@@ -146,13 +146,18 @@ class Tracking:
                     dropped = []
                 dropped.append({"index": index, "code": exc.code, "message": exc.detail})
                 continue
-            record = encode_record((message_id, source_id, data))
-            parts[partition_for(message_id, partitions)].append(record)
-            nbytes += len(record)
+            p = partition_for(message_id, partitions)
+            bucket = per_partition[p]
+            if bucket is None:
+                per_partition[p] = [data]
+            else:
+                bucket.append(data)
             accepted += 1
         if accepted:
+            runs = [Run(p, encode_run(source_id, msgs), len(msgs))
+                    for p, msgs in enumerate(per_partition) if msgs is not None]
             try:
-                await self.writer.append(parts, nbytes)
+                await self.writer.append(runs, sum(len(r.payload) for r in runs))
             except LogError as exc:
                 self.metrics.reject(exc.code, accepted)
                 raise HttpError(exc.status, exc.code, str(exc),
@@ -163,15 +168,25 @@ class Tracking:
             return b'{"success":true}'
         return _encoder.encode(Outcome(True, dropped))
 
-    def _header_grant(self, scope: Any) -> KeyGrant | None:
-        key = _header_key(scope)
+    def _header_grant(self, scope: Any) -> tuple[str | None, KeyGrant | None]:
+        """The write key of the Authorization header and its grant; (None, None) if the
+        header carries no write key (then the body must)."""
+        header = scope.headers.get("authorization")
+        if header is None:
+            return None, None
+        key = self._auth_cache.get(header)
         if key is None:
-            return None
+            key = basic_auth_key(header)
+            if key is None:
+                return None, None
+            if len(self._auth_cache) >= 4096:
+                self._auth_cache.clear()
+            self._auth_cache[header] = key
         grant = self.keys.lookup(key)
         if grant is None:
             self.metrics.drop("", reasons.UNKNOWN_SOURCE)
             raise HttpError(401, reasons.UNKNOWN_SOURCE, "unknown or disabled write key")
-        return grant
+        return key, grant
 
     def _body_grant(self, key: object, messages: int) -> KeyGrant:
         grant = self.keys.lookup(key)
@@ -183,10 +198,6 @@ class Tracking:
                                 "writeKey in the body")
             raise HttpError(401, reasons.UNKNOWN_SOURCE, "unknown or disabled write key")
         return grant
-
-
-def _header_key(scope: Any) -> str | None:
-    return basic_auth_key(scope.headers.get("authorization"))
 
 
 def _first_item_key(items: list[Item]) -> Any:

@@ -5,7 +5,7 @@ from headwater.log.base import (
     LogError,
     LogUnavailable,
 )
-from headwater.log.records import Record, RecordBatch, partition_for
+from headwater.log.records import Record, RecordBatch, Run, partition_for
 
 __all__ = [
     "LogBackpressure",
@@ -13,5 +13,6 @@ __all__ = [
     "LogUnavailable",
     "Record",
     "RecordBatch",
+    "Run",
     "partition_for",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from headwater.log.records import RecordBatch
+from headwater.log.records import RecordBatch, Run
 
 
 class LogError(Exception):
@@ -37,8 +37,8 @@ class LogUnavailable(LogError):
 class LogAppender(Protocol):
     """Appends encoded records to partitions; returns once they are durable."""
 
-    async def append(self, parts: list[list[bytes]]) -> None:
-        """Store `parts[p]` (encoded records) in partition `p`; all or nothing."""
+    async def append(self, runs: list[Run], nbytes: int) -> None:
+        """Store every run in its partition, all or nothing; return once durable."""
         ...
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
 """Records and record batches: the unit the log stores and every stage reads.
 
-A record is one message as stored: its `messageId`, the id of the source it came from, and the
-message itself as JSON bytes. Records travel in batches encoded as one MessagePack array, so a
-batch of any size costs one write and one read. The encoding is the same for every log backend.
+A record is one message as stored: the id of the source it came from and the message itself as
+JSON bytes. A record batch is one MessagePack array of *runs*, each run being
+`[source_id, [message, message, ...]]`: a request's messages for one partition are encoded as one
+run by the gateway, and the log writer concatenates runs from many requests into one batch
+without decoding them. The encoding is the same for every log backend.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import msgspec
 import xxhash
 
 
-class Record(msgspec.Struct, array_like=True, frozen=True):
+class Record(msgspec.Struct, frozen=True):
     """One stored message: `message` is the full JSON object as the gateway stamped it."""
 
-    message_id: str
     source_id: str
     message: bytes
 
@@ -41,32 +42,49 @@ class RecordBatch:
         return self.base_offset + self.count
 
 
-_record_encoder = msgspec.msgpack.Encoder()
-_batch_decoder = msgspec.msgpack.Decoder(list[Record])
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Encoded records of one source for one partition, ready to append."""
+
+    partition: int
+    payload: bytes
+    count: int
 
 
-def partition_for(message_id: str, partitions: int) -> int:
-    """The partition of a message: a stable hash of its `messageId` (never Python's `hash()`)."""
-    return xxhash.xxh3_64_intdigest(message_id.encode()) % partitions
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[tuple[str, list[bytes]]])
 
 
-def encode_record(record: Record) -> bytes:
-    """Encode one record; batches are built by joining encoded records (see `join_records`)."""
-    return _record_encoder.encode(record)
+def partition_for(key: str, partitions: int) -> int:
+    """The partition of a key: a stable hash (xxh3), never Python's `hash()`."""
+    return xxhash.xxh3_64_intdigest(key.encode()) % partitions
 
 
-def join_records(encoded: list[bytes]) -> bytes:
-    """Build a record batch from already-encoded records without decoding them again."""
-    n = len(encoded)
-    if n < 16:
-        header = bytes((0x90 | n,))
-    elif n < 0x10000:
-        header = b"\xdc" + struct.pack(">H", n)
-    else:
-        header = b"\xdd" + struct.pack(">I", n)
-    return header + b"".join(encoded)
+def encode_run(source_id: str, messages: list[bytes]) -> bytes:
+    """Encode one source's messages for one partition."""
+    return _encoder.encode((source_id, messages))
+
+
+def batch_header(runs: int) -> bytes:
+    """The MessagePack array header that, followed by `runs` encoded runs, makes a batch."""
+    if runs < 16:
+        return bytes((0x90 | runs,))
+    if runs < 0x10000:
+        return b"\xdc" + struct.pack(">H", runs)
+    return b"\xdd" + struct.pack(">I", runs)
+
+
+def join_runs(runs: list[bytes]) -> bytes:
+    """Build a record batch from encoded runs without decoding them again."""
+    return batch_header(len(runs)) + b"".join(runs)
 
 
 def decode_batch(payload: bytes | memoryview) -> list[Record]:
-    """Decode a record batch into its records."""
-    return _batch_decoder.decode(payload)
+    """Decode a record batch into its records, in order."""
+    return [Record(source, message) for source, messages in _decoder.decode(payload)
+            for message in messages]
+
+
+def encode_batch(records: list[Record]) -> bytes:
+    """Encode records as one batch (one run per record; for tools and tests, not the hot path)."""
+    return join_runs([encode_run(r.source_id, [r.message]) for r in records])

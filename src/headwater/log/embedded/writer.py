@@ -1,9 +1,10 @@
 """Group commit for the embedded log: many requests, one write, one fsync, then acknowledge.
 
-The event loop never touches the disk. `append` queues encoded records and awaits a future; a
+The event loop never touches the disk. `append` queues encoded runs and awaits a future; a
 writer thread takes everything queued (up to a bound), writes it to the current segment as one
-record batch per partition, makes it durable under the fsync policy, commits the index rows and
-settles all the futures of the group with one `call_soon_threadsafe`.
+framed record batch per partition with one `pwritev`, makes it durable with one `fdatasync`
+(under the `always` policy), commits the index rows (no second fsync: the frames can rebuild
+them, see `frames.py`) and settles all the futures of the group with one `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headwater.log.base import LogBackpressure, LogError, LogUnavailable
+from headwater.log.embedded.frames import HEADER_SIZE, encode_header, recover_tail
 from headwater.log.embedded.store import LogFiles, connect, open_log
-from headwater.log.records import join_records
+from headwater.log.records import Run, batch_header
 
 log = logging.getLogger(__name__)
 
-_Waiter = tuple[list[list[bytes]], asyncio.Future[None], int]
+_IOV_MAX = 512
+_Waiter = tuple[list[Run], asyncio.Future[None], int]
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -75,8 +78,7 @@ class EmbeddedLogWriter:
         self._files: LogFiles = open_log(root, settings.partitions)
         self._clock_ms = clock_ms
         self._free_disk_bytes = free_disk_bytes or _free_disk_bytes
-        sync = "FULL" if settings.fsync is FsyncPolicy.ALWAYS else "NORMAL"
-        self._conn: sqlite3.Connection = connect(self._files, synchronous=sync)
+        self._conn: sqlite3.Connection = connect(self._files, synchronous="NORMAL")
         self._cond = threading.Condition()
         self._pending: deque[_Waiter] = deque()
         self._pending_bytes = 0
@@ -88,6 +90,7 @@ class EmbeddedLogWriter:
         self._disk_checked = 0.0
         self._disk_low = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.recovered_bytes = self._recover()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -105,8 +108,10 @@ class EmbeddedLogWriter:
         """False once the writer has stopped or the disk is below its free-space floor."""
         return self._fatal is None and not self._closing and not self._disk_low
 
-    async def append(self, parts: list[list[bytes]], nbytes: int) -> None:
-        """Store `parts[p]` in partition `p`; returns once durable, raises `LogError` if not."""
+    async def append(self, runs: list[Run], nbytes: int) -> None:
+        """Store every run in its partition; returns once durable, raises `LogError` if not.
+
+        `nbytes` is the runs' total size, counted against the pending-bytes bound."""
         if self._fatal is not None:
             raise LogUnavailable(self._fatal, retry_after=5)
         if self._closing:
@@ -119,7 +124,7 @@ class EmbeddedLogWriter:
         self._loop = loop
         fut: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            self._pending.append((parts, fut, nbytes))
+            self._pending.append((runs, fut, nbytes))
             self._pending_bytes += nbytes
             self._cond.notify()
         await fut
@@ -135,6 +140,33 @@ class EmbeddedLogWriter:
         self._fds.clear()
         self._conn.close()
         self._files.close()
+
+    def _recover(self) -> int:
+        """Index frames a crash left beyond the index's end of the newest segment."""
+        conn = self._conn
+        with self._files.write_lock():
+            row = conn.execute(
+                "SELECT segment, bytes FROM segments ORDER BY segment DESC LIMIT 1").fetchone()
+            if row is None:
+                return 0
+            segment, end = int(row[0]), int(row[1])
+            path = self._files.segment_path(segment)
+            if not path.exists():
+                return 0
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    new_end = recover_tail(conn, fd, segment, end)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                os.close(fd)
+        if new_end > end:
+            log.warning("recovered %d bytes of log frames missing from the index", new_end - end)
+        return new_end - end
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -201,60 +233,71 @@ class EmbeddedLogWriter:
     def _write(self, group: list[_Waiter]) -> None:
         partitions = self.settings.partitions
         merged: list[list[bytes]] = [[] for _ in range(partitions)]
-        for parts, _fut, _n in group:
-            for p, records in enumerate(parts):
-                if records:
-                    merged[p].extend(records)
-        payloads = [(p, len(recs), join_records(recs)) for p, recs in enumerate(merged) if recs]
+        counts = [0] * partitions
+        for runs, _fut, _n in group:
+            for run in runs:
+                merged[run.partition].append(run.payload)
+                counts[run.partition] += run.count
         now_ms = self._clock_ms()
         conn = self._conn
         with self._files.write_lock():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                segment, fd = self._current_segment(conn, now_ms)
-                position = os.lseek(fd, 0, os.SEEK_END)
-                total = sum(len(payload) for _p, _n, payload in payloads)
-                self._write_all(fd, [payload for _p, _n, payload in payloads], position, total)
+                segment, fd, start = self._current_segment(conn, now_ms)
+                next_offsets = dict(conn.execute("SELECT partition, next_offset FROM partitions"))
+                buffers: list[bytes] = []
+                rows = []
+                position = start
+                for p, runs in enumerate(merged):
+                    if not runs:
+                        continue
+                    chunks = [batch_header(len(runs)), *runs]
+                    base = next_offsets[p]
+                    header, length = encode_header(p, base, counts[p], chunks, now_ms)
+                    buffers.append(header)
+                    buffers.extend(chunks)
+                    rows.append((p, base + counts[p], counts[p], now_ms, segment,
+                                 position + HEADER_SIZE, length))
+                    position += HEADER_SIZE + length
+                self._write_all(fd, buffers, start)
                 if self.settings.fsync is FsyncPolicy.ALWAYS:
                     os.fdatasync(fd)
                 else:
                     self._unsynced.add(segment)
-                next_offsets = dict(conn.execute("SELECT partition, next_offset FROM partitions"))
-                rows = []
-                updates = []
-                pos = position
-                for p, count, payload in payloads:
-                    end = next_offsets[p] + count
-                    rows.append((p, end, count, now_ms, segment, pos, len(payload)))
-                    updates.append((end, p))
-                    pos += len(payload)
                 conn.executemany("INSERT INTO batches VALUES(?,?,?,?,?,?,?)", rows)
-                conn.executemany("UPDATE partitions SET next_offset=? WHERE partition=?", updates)
-                conn.execute(
-                    "UPDATE segments SET bytes=?, last_ms=? WHERE segment=?",
-                    (position + total, now_ms, segment),
-                )
+                conn.executemany("UPDATE partitions SET next_offset=? WHERE partition=?",
+                                 [(row[1], row[0]) for row in rows])
+                conn.execute("UPDATE segments SET bytes=?, last_ms=? WHERE segment=?",
+                             (position, now_ms, segment))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         self.commits += 1
-        self.committed_records += sum(n for _p, n, _payload in payloads)
+        self.committed_records += sum(row[2] for row in rows)
 
-    def _write_all(self, fd: int, chunks: list[bytes], position: int, total: int) -> None:
+    def _write_all(self, fd: int, chunks: list[bytes], position: int) -> None:
+        """Write `chunks` contiguously at `position` (over anything a dead writer left there)."""
         try:
-            written = os.writev(fd, chunks)
-            while written < total:  # short write: continue from where it stopped
-                rest = b"".join(chunks)[written:]
-                written += os.write(fd, rest)
+            for i in range(0, len(chunks), _IOV_MAX):
+                group = chunks[i : i + _IOV_MAX]
+                size = sum(map(len, group))
+                written = os.pwritev(fd, group, position)
+                if written < size:  # short write (rare): finish this group before the next
+                    rest = memoryview(b"".join(group))[written:]
+                    while rest:
+                        n = os.pwrite(fd, rest, position + written)
+                        written += n
+                        rest = rest[n:]
+                position += size
         except OSError as exc:
-            _truncate_quietly(fd, position)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 self._disk_low = True
                 raise LogUnavailable("the log's disk is full", retry_after=30) from exc
             raise LogUnavailable(f"writing the log failed: {exc.strerror}") from exc
 
-    def _current_segment(self, conn: sqlite3.Connection, now_ms: int) -> tuple[int, int]:
+    def _current_segment(self, conn: sqlite3.Connection, now_ms: int) -> tuple[int, int, int]:
+        """(segment, fd, position to write at), rolling to a new segment when due."""
         row = conn.execute(
             "SELECT segment, created_ms, bytes FROM segments ORDER BY segment DESC LIMIT 1"
         ).fetchone()
@@ -264,21 +307,21 @@ class EmbeddedLogWriter:
             or row[2] >= settings.segment_bytes
             or now_ms - row[1] >= settings.segment_max_age_ms
         ):
-            segment = int(conn.execute("SELECT value FROM meta WHERE key='next_segment'").fetchone()[0])
+            segment = int(conn.execute(
+                "SELECT value FROM meta WHERE key='next_segment'").fetchone()[0])
             conn.execute("UPDATE meta SET value=? WHERE key='next_segment'", (segment + 1,))
             conn.execute("INSERT INTO segments VALUES(?,?,?,0)", (segment, now_ms, now_ms))
+            end = 0
         else:
-            segment = int(row[0])
+            segment, end = int(row[0]), int(row[2])
         fd = self._fds.get(segment)
         if fd is None:
             for old in [s for s in self._fds if s != segment]:
                 self._sync_fd(old)
                 os.close(self._fds.pop(old))
-            fd = os.open(
-                self._files.segment_path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-            )
+            fd = os.open(self._files.segment_path(segment), os.O_WRONLY | os.O_CREAT, 0o644)
             self._fds[segment] = fd
-        return segment, fd
+        return segment, fd, end
 
     def _sync_fd(self, segment: int) -> None:
         if segment in self._unsynced:
@@ -304,13 +347,6 @@ def _settle(futures: list[asyncio.Future[None]], error: LogError | None) -> None
             fut.set_result(None)
         else:
             fut.set_exception(error)
-
-
-def _truncate_quietly(fd: int, position: int) -> None:
-    try:
-        os.ftruncate(fd, position)
-    except OSError:
-        log.warning("could not trim a failed write at %d", position)
 
 
 def _free_disk_bytes(path: Path) -> int:
