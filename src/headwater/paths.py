@@ -26,3 +26,4 @@ class DataPaths:
     @property
     def metrics_dir(self) -> Path:
         return self.root / "run" / "metrics"
+

@@ -35,6 +35,7 @@ def up(config: Config, config_path: str | None, paths: DataPaths, host: str, por
        workers: int | None) -> None:
     """Run every role on embedded storage: the Tracking API on a durable local log."""
     from headwater.cli.banner import print_banner
+    from headwater.runtime.logd import LogServerError, LogServerProcess, server_settings
     from headwater.runtime.prepare import prepare
     from headwater.runtime.serve import serve_gateway
 
@@ -42,9 +43,17 @@ def up(config: Config, config_path: str | None, paths: DataPaths, host: str, por
         prepared = prepare(config, paths)
     except Exception as exc:
         raise click.ClickException(f"cannot prepare {paths.root}: {exc}") from exc
+    logd = LogServerProcess(server_settings(config, paths))
+    try:
+        logd.start()
+    except LogServerError as exc:
+        raise click.ClickException(str(exc)) from None
     n = workers or os.cpu_count() or 1
     print_banner(config, paths, prepared, host, port, n, config_path)
-    serve_gateway(config, config_path, paths.root, host, port, n)
+    try:
+        serve_gateway(config, config_path, paths.root, host, port, n)
+    finally:
+        logd.stop()
 
 
 cli.add_command(sources)

@@ -1,7 +1,7 @@
 """The gateway's RSGI application: routing, responses, and the worker's lifecycle.
 
 Granian runs one instance per worker process (`create_app` is the factory). Each worker has
-its own log writer (sharing the log with the other workers), write-key cache and metrics.
+its own connection to the log server, write-key cache and metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from headwater.config import Config, load_config, parse_duration, parse_size
+from headwater.config import Config, load_config, parse_size
 from headwater.control.store import ControlStore
 from headwater.gateway import reasons
 from headwater.gateway.admin import AdminApi
@@ -30,9 +30,8 @@ from headwater.gateway.http import (
 )
 from headwater.gateway.keys import KeyCache
 from headwater.gateway.tracking import BATCH_PATHS, SINGLE_PATHS, Tracking
-from headwater.log.base import LogBackpressure
-from headwater.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
-from headwater.log.embedded.writer import FsyncPolicy, WriterSettings
+from headwater.log.embedded import EmbeddedLogReader, LogClient
+from headwater.log.embedded.protocol import socket_path
 from headwater.observability.metrics import (
     GatewayMetrics,
     LogGauges,
@@ -49,19 +48,6 @@ _encoder = msgspec.json.Encoder()
 _OK_HEADERS = [("content-type", JSON), ("access-control-allow-origin", "*")]
 
 
-def writer_settings(config: Config) -> WriterSettings:
-    """The log writer's settings from the `log:` section."""
-    lc = config.log
-    return WriterSettings(
-        partitions=lc.partitions,
-        fsync=FsyncPolicy(lc.fsync),
-        fsync_interval_ms=int(parse_duration(lc.fsync_interval) * 1000),
-        segment_bytes=parse_size(lc.segment_bytes),
-        max_pending_bytes=parse_size(lc.max_pending_bytes),
-        min_free_disk_bytes=parse_size(lc.min_free_disk),
-    )
-
-
 class GatewayApp:
     """One gateway worker."""
 
@@ -72,7 +58,8 @@ class GatewayApp:
         self.store = ControlStore(paths.control_db)
         self.keys = KeyCache(self.store)
         self.admin = AdminApi(self.store)
-        self.writer = EmbeddedLogWriter(paths.log_dir("ingest"), writer_settings(config))
+        self.writer = LogClient(socket_path(paths.log_dir("ingest")),
+                                parse_size(config.log.max_pending_bytes))
         self.reader: EmbeddedLogReader | None = None
         self.tracking = Tracking(
             self.writer, config.log.partitions, self.keys, self.metrics,
@@ -83,6 +70,7 @@ class GatewayApp:
     # -- RSGI lifecycle ------------------------------------------------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.writer.start(loop)
         self._tasks.append(loop.create_task(self._housekeeping()))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -250,4 +238,3 @@ def create_app() -> GatewayApp:
     return GatewayApp(config, DataPaths(Path(data)))
 
 
-__all__ = ["GatewayApp", "LogBackpressure", "create_app", "writer_settings"]

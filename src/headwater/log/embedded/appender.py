@@ -1,0 +1,281 @@
+"""The embedded log's append path: framed record batches, one write and one fsync per commit.
+
+`SegmentAppender.commit` takes the runs of many requests (a group), merges them into one record
+batch per partition, writes all the frames with one `pwritev` at the index's end of the current
+segment, forces them to disk with one `fdatasync` (under the `always` policy), and commits their
+index rows. The index commit has no fsync of its own: after a power loss the frames rebuild it
+(`frames.recover_tail`, run when an appender opens the log).
+
+It is synchronous and single-threaded by design; the log server (`server.py`) calls it between
+reads of its clients' sockets, which is what makes a group commit.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from headwater.log.base import LogError, LogUnavailable
+from headwater.log.embedded.frames import HEADER_SIZE, encode_header, recover_tail
+from headwater.log.embedded.store import LogFiles, connect, open_log
+from headwater.log.records import Run, batch_header
+
+log = logging.getLogger(__name__)
+
+_IOV_MAX = 512
+
+
+class FsyncPolicy(enum.StrEnum):
+    """When appended data is forced to disk.
+
+    `always`: before the acknowledgement (survives power loss). `interval`: acknowledged after
+    the write reaches the OS (survives a crash of any Headwater process) and forced to disk every
+    `fsync_interval_ms`, so a power loss can lose at most that window.
+    """
+
+    ALWAYS = "always"
+    INTERVAL = "interval"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendSettings:
+    """Durability and bounds of the append path; see `docs/OPERATIONS.md`."""
+
+    partitions: int = 8
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    fsync_interval_ms: int = 50
+    segment_bytes: int = 64 * 1024 * 1024
+    segment_max_age_ms: int = 3_600_000
+    max_pending_bytes: int = 32 * 1024 * 1024
+    max_group_bytes: int = 8 * 1024 * 1024
+    min_free_disk_bytes: int = 64 * 1024 * 1024
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def free_disk_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class SegmentAppender:
+    """Appends record batches to an embedded log (any number of appenders may share one)."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings: AppendSettings,
+        *,
+        clock_ms: Callable[[], int] = now_ms,
+        disk_free: Callable[[Path], int] = free_disk_bytes,
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self._files: LogFiles = open_log(root, settings.partitions)
+        self._clock_ms = clock_ms
+        self._disk_free = disk_free
+        self._conn: sqlite3.Connection = connect(self._files, synchronous="NORMAL")
+        self._fds: dict[int, int] = {}
+        self._unsynced: set[int] = set()
+        self._last_sync = time.monotonic()
+        self._disk_checked = 0.0
+        self.disk_low = False
+        self.fatal: str | None = None
+        self.commits = 0
+        self.committed_records = 0
+        self.recovered_bytes = self._recover()
+
+    def close(self) -> None:
+        """Force everything written to disk and release files."""
+        if self._unsynced:
+            self.sync()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._conn.close()
+        self._files.close()
+
+    @property
+    def needs_sync(self) -> bool:
+        """Under the `interval` policy: whether written data awaits its fsync."""
+        return bool(self._unsynced)
+
+    def sync_due_in(self) -> float | None:
+        """Seconds until the interval fsync is due (None when nothing awaits it)."""
+        if not self._unsynced:
+            return None
+        elapsed = time.monotonic() - self._last_sync
+        return max(0.0, self.settings.fsync_interval_ms / 1000 - elapsed)
+
+    def commit(self, groups: Iterable[list[Run]]) -> int:
+        """Durably store every run of every group (all or nothing); returns records stored.
+
+        Raises `LogError` when nothing could be stored.
+        """
+        if self.fatal is not None:
+            raise LogUnavailable(self.fatal, retry_after=5)
+        self._check_disk()
+        partitions = self.settings.partitions
+        merged: list[list[bytes]] = [[] for _ in range(partitions)]
+        counts = [0] * partitions
+        for runs in groups:
+            for run in runs:
+                merged[run.partition].append(run.payload)
+                counts[run.partition] += run.count
+        try:
+            stored = self._write(merged, counts)
+        except LogError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            log.exception("log commit failed")
+            raise LogUnavailable(f"log commit failed: {exc}", retry_after=1) from exc
+        self.commits += 1
+        self.committed_records += stored
+        return stored
+
+    def sync(self) -> None:
+        """Force written data to disk now (the `interval` policy's periodic step)."""
+        try:
+            for segment in list(self._unsynced):
+                self._sync_fd(segment)
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except OSError as exc:
+            self.fatal = f"fsync of the log failed: {exc.strerror}"
+            log.error(self.fatal)
+        self._last_sync = time.monotonic()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_disk(self) -> None:
+        now = time.monotonic()
+        if now - self._disk_checked >= 1.0:
+            self._disk_checked = now
+            self.disk_low = self._disk_free(self.root) < self.settings.min_free_disk_bytes
+        if self.disk_low:
+            raise LogUnavailable("the log's disk is nearly full", retry_after=30)
+
+    def _write(self, merged: list[list[bytes]], counts: list[int]) -> int:
+        now = self._clock_ms()
+        conn = self._conn
+        with self._files.write_lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                segment, fd, start = self._current_segment(conn, now)
+                next_offsets = dict(conn.execute("SELECT partition, next_offset FROM partitions"))
+                buffers: list[bytes] = []
+                rows = []
+                position = start
+                for p, runs in enumerate(merged):
+                    if not runs:
+                        continue
+                    chunks = [batch_header(len(runs)), *runs]
+                    base = next_offsets[p]
+                    header, length = encode_header(p, base, counts[p], chunks, now)
+                    buffers.append(header)
+                    buffers.extend(chunks)
+                    rows.append((p, base + counts[p], counts[p], now, segment,
+                                 position + HEADER_SIZE, length))
+                    position += HEADER_SIZE + length
+                self._write_all(fd, buffers, start)
+                if self.settings.fsync is FsyncPolicy.ALWAYS:
+                    os.fdatasync(fd)
+                else:
+                    self._unsynced.add(segment)
+                conn.executemany("INSERT INTO batches VALUES(?,?,?,?,?,?,?)", rows)
+                conn.executemany("UPDATE partitions SET next_offset=? WHERE partition=?",
+                                 [(row[1], row[0]) for row in rows])
+                conn.execute("UPDATE segments SET bytes=?, last_ms=? WHERE segment=?",
+                             (position, now, segment))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return sum(row[2] for row in rows)
+
+    def _write_all(self, fd: int, chunks: list[bytes], position: int) -> None:
+        """Write `chunks` contiguously at `position` (over anything a dead writer left there)."""
+        try:
+            for i in range(0, len(chunks), _IOV_MAX):
+                group = chunks[i : i + _IOV_MAX]
+                size = sum(map(len, group))
+                written = os.pwritev(fd, group, position)
+                if written < size:  # short write (rare): finish this group before the next
+                    rest = memoryview(b"".join(group))[written:]
+                    while rest:
+                        n = os.pwrite(fd, rest, position + written)
+                        written += n
+                        rest = rest[n:]
+                position += size
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.disk_low = True
+                raise LogUnavailable("the log's disk is full", retry_after=30) from exc
+            raise LogUnavailable(f"writing the log failed: {exc.strerror}") from exc
+
+    def _current_segment(self, conn: sqlite3.Connection, now: int) -> tuple[int, int, int]:
+        """(segment, fd, position to write at), rolling to a new segment when due."""
+        row = conn.execute(
+            "SELECT segment, created_ms, bytes FROM segments ORDER BY segment DESC LIMIT 1"
+        ).fetchone()
+        settings = self.settings
+        if (
+            row is None
+            or row[2] >= settings.segment_bytes
+            or now - row[1] >= settings.segment_max_age_ms
+        ):
+            segment = int(conn.execute(
+                "SELECT value FROM meta WHERE key='next_segment'").fetchone()[0])
+            conn.execute("UPDATE meta SET value=? WHERE key='next_segment'", (segment + 1,))
+            conn.execute("INSERT INTO segments VALUES(?,?,?,0)", (segment, now, now))
+            end = 0
+        else:
+            segment, end = int(row[0]), int(row[2])
+        fd = self._fds.get(segment)
+        if fd is None:
+            for old in [s for s in self._fds if s != segment]:
+                self._sync_fd(old)
+                os.close(self._fds.pop(old))
+            fd = os.open(self._files.segment_path(segment), os.O_WRONLY | os.O_CREAT, 0o644)
+            self._fds[segment] = fd
+        return segment, fd, end
+
+    def _sync_fd(self, segment: int) -> None:
+        if segment in self._unsynced:
+            os.fdatasync(self._fds[segment])
+            self._unsynced.discard(segment)
+
+    def _recover(self) -> int:
+        """Index frames a crash left beyond the index's end of the newest segment."""
+        conn = self._conn
+        with self._files.write_lock():
+            row = conn.execute(
+                "SELECT segment, bytes FROM segments ORDER BY segment DESC LIMIT 1").fetchone()
+            if row is None:
+                return 0
+            segment, end = int(row[0]), int(row[1])
+            path = self._files.segment_path(segment)
+            if not path.exists():
+                return 0
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    new_end = recover_tail(conn, fd, segment, end)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                os.close(fd)
+        if new_end > end:
+            log.warning("recovered %d bytes of log frames missing from the index", new_end - end)
+        return new_end - end
