@@ -17,7 +17,7 @@ import msgspec
 
 from headwater.config import Config, load_config, parse_size
 from headwater.control.store import ControlStore
-from headwater.gateway import reasons
+from headwater.events import reasons
 from headwater.gateway.admin import AdminApi
 from headwater.gateway.http import (
     JSON,

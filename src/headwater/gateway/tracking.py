@@ -1,25 +1,34 @@
-"""The Tracking API handlers: batch and single-message paths, settings, client metrics."""
+"""The Tracking API handlers: batch and single-message paths.
+
+A request is validated message by message (a bad message is dropped and counted with its reason
+code; the others are stored), then every accepted message is stored exactly as the client sent
+it, in the partition of its `messageId`, next to the request's `Stamp`. The request is
+acknowledged once the log has made it durable.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, Raw
 
 from headwater.control.store import KeyGrant
-from headwater.gateway import reasons
+from headwater.events import reasons
+from headwater.events.schema import (
+    BodyError,
+    decode_checks,
+    decode_envelope,
+    decode_for_check,
+    decode_object,
+)
+from headwater.events.stamp import Stamp, encode_stamp
+from headwater.events.validate import Dropped, check, coerce
 from headwater.gateway.http import ClientAddress, HttpError, basic_auth_key, read_body
 from headwater.gateway.keys import KeyCache
-from headwater.gateway.messages import (
-    BodyError,
-    Item,
-    decode_batch,
-    decode_single,
-    encode_message,
-)
-from headwater.gateway.normalize import Dropped, RequestStamp, coerce, normalize
 from headwater.log.base import LogAppender, LogError
 from headwater.log.records import Run, encode_run, partition_for
 from headwater.observability.metrics import GatewayMetrics
@@ -27,7 +36,6 @@ from headwater.observability.metrics import GatewayMetrics
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
-STAMP_ALLOWANCE = 1024  # what stamping may add to a message before the size check
 
 SINGLE_PATHS = {
     "/v1/identify": "identify", "/v1/track": "track", "/v1/page": "page",
@@ -72,30 +80,37 @@ class Tracking:
         header_key, header_grant = self._header_grant(scope)
         body = await read_body(scope, proto, MAX_BATCH_BYTES)
         try:
-            items, sent_at, body_key, context, integrations = decode_batch(body)
+            envelope = decode_envelope(body)
         except BodyError as exc:
             if exc.code == reasons.EMPTY_BATCH:
                 self.metrics.drop(header_grant.source_id if header_grant else "",
                                   reasons.EMPTY_BATCH)
             raise HttpError(400, exc.code, str(exc)) from None
-        if header_grant is None:
-            first_key = _first_item_key(items)
-            grant = self._body_grant(body_key if body_key is not None else first_key, len(items))
-            key = body_key if body_key is not None else first_key
-        else:
-            grant = header_grant
-            key = header_key
-        if not items:
-            self.metrics.drop(grant.source_id, reasons.EMPTY_BATCH)
-            raise HttpError(400, reasons.EMPTY_BATCH, "the batch holds no messages")
-        if len(items) > MAX_BATCH_MESSAGES:
+        raws: list[Raw] = envelope.batch  # type: ignore[assignment]
+        if len(raws) > MAX_BATCH_MESSAGES:
             raise HttpError(400, "too_many_messages",
                             f"a batch holds at most {MAX_BATCH_MESSAGES} messages")
-        stamp = RequestStamp.build(
-            datetime.now(UTC), sent_at=sent_at, ip=self.clients.of(scope), context=context,
-            integrations=integrations, write_key=key,
+        checks = decode_checks(body)
+        if checks is None:  # some message is not well-typed: look at each on its own
+            decoded = [decode_for_check(raw) for raw in raws]
+            messages = [m for m, _lenient in decoded]
+            lenient: list[bool] | None = [flag for _m, flag in decoded]
+        else:
+            messages, lenient = checks, None
+        if header_grant is None:
+            key = envelope.writeKey if type(envelope.writeKey) is str else _first_key(messages)
+            grant = self._body_grant(key, len(messages))
+        else:
+            grant, key = header_grant, header_key
+        if not messages:
+            self.metrics.drop(grant.source_id, reasons.EMPTY_BATCH)
+            raise HttpError(400, reasons.EMPTY_BATCH, "the batch holds no messages")
+        stamp = Stamp(
+            datetime.now(UTC), envelope.sentAt, self.clients.of(scope),
+            None if envelope.context is UNSET else bytes(envelope.context),
+            None if envelope.integrations is UNSET else bytes(envelope.integrations),
         )
-        return await self._store(items, stamp, grant, started, MAX_MESSAGE_BYTES + STAMP_ALLOWANCE)
+        return await self._store(raws, messages, lenient, stamp, grant, key, started)
 
     async def single(self, scope: Any, proto: Any, message_type: str) -> bytes:
         """`/v1/track`, `/v1/t` and the other single-message paths."""
@@ -103,58 +118,60 @@ class Tracking:
         header_key, header_grant = self._header_grant(scope)
         body = await read_body(scope, proto, MAX_MESSAGE_BYTES)
         try:
-            item = decode_single(body)
-        except BodyError as exc:
-            raise HttpError(400, exc.code, str(exc)) from None
-        assert item.message is not None
+            message, lenient = decode_for_check(body)
+        except msgspec.DecodeError as exc:
+            raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        if message is None:
+            raise HttpError(400, reasons.BAD_REQUEST, "the body must be a JSON object")
         if header_grant is None:
-            key = item.message.writeKey
+            key = message.writeKey if type(message.writeKey) is str else None
             grant = self._body_grant(key, 1)
         else:
-            grant = header_grant
-            key = header_key
-        stamp = RequestStamp.build(
-            datetime.now(UTC), ip=self.clients.of(scope), path_type=message_type,
-            write_key=key if type(key) is str else None,
-        )
-        return await self._store([item], stamp, grant, started, MAX_MESSAGE_BYTES + STAMP_ALLOWANCE)
+            grant, key = header_grant, header_key
+        stamp = Stamp(datetime.now(UTC), None, self.clients.of(scope), path_type=message_type)
+        return await self._store([Raw(body)], [message], [lenient], stamp, grant, key, started)
 
     async def _store(
-        self, items: list[Item], stamp: RequestStamp, grant: KeyGrant, started: float,
-        max_bytes: int,
+        self, raws: list[Raw], messages: list[Any], lenient: list[bool] | None, stamp: Stamp,
+        grant: KeyGrant, key: str | None, started: float,
     ) -> bytes:
+        """Check every message; store the valid ones (`lenient[i]`: message i needs `coerce`,
+        None: none does) and return the response body once they are durable."""
         partitions = self.partitions
-        per_partition: list[list[bytes] | None] = [None] * partitions
+        per_partition: list[list[Any] | None] = [None] * partitions
+        path_type = stamp.path_type
         source_id = grant.source_id
         dropped: list[dict[str, Any]] | None = None
         accepted = 0
-        for index, item in enumerate(items):
-            msg = item.message
+        for index, msg in enumerate(messages):
+            raw: Any = raws[index]
             try:
                 if msg is None:
-                    raise Dropped(reasons.BAD_REQUEST, item.problem or "not a message")
-                if item.lenient:
-                    coerce(msg, stamp.path_type)
-                message_id = normalize(msg, stamp)
-                data = encode_message(msg, item.extras)
-                if len(data) > max_bytes:
+                    raise Dropped(reasons.BAD_REQUEST, "a message must be a JSON object")
+                if len(raw) > MAX_MESSAGE_BYTES:
                     raise Dropped(reasons.MESSAGE_TOO_LARGE,
                                   f"a message is at most {MAX_MESSAGE_BYTES} bytes")
+                if lenient is not None and lenient[index]:
+                    coerce(msg, path_type)
+                message_id = check(msg, path_type, key)
             except Dropped as exc:
                 self.metrics.drop(source_id, exc.code)
                 if dropped is None:
                     dropped = []
                 dropped.append({"index": index, "code": exc.code, "message": exc.detail})
                 continue
+            if not message_id:
+                message_id, raw = _with_message_id(raw, msg)
             p = partition_for(message_id, partitions)
             bucket = per_partition[p]
             if bucket is None:
-                per_partition[p] = [data]
+                per_partition[p] = [raw]
             else:
-                bucket.append(data)
+                bucket.append(raw)
             accepted += 1
         if accepted:
-            runs = [Run(p, encode_run(source_id, msgs), len(msgs))
+            stamp_bytes = encode_stamp(stamp)
+            runs = [Run(p, encode_run(source_id, stamp_bytes, msgs), len(msgs))
                     for p, msgs in enumerate(per_partition) if msgs is not None]
             try:
                 await self.writer.append(runs, sum(len(r.payload) for r in runs))
@@ -188,7 +205,7 @@ class Tracking:
             raise HttpError(401, reasons.UNKNOWN_SOURCE, "unknown or disabled write key")
         return key, grant
 
-    def _body_grant(self, key: object, messages: int) -> KeyGrant:
+    def _body_grant(self, key: str | None, messages: int) -> KeyGrant:
         grant = self.keys.lookup(key)
         if grant is None:
             self.metrics.drop("", reasons.UNKNOWN_SOURCE, max(messages, 1))
@@ -200,8 +217,20 @@ class Tracking:
         return grant
 
 
-def _first_item_key(items: list[Item]) -> Any:
-    for item in items:
-        if item.message is not None and type(item.message.writeKey) is str:
-            return item.message.writeKey
+def _first_key(messages: list[Any]) -> str | None:
+    for msg in messages:
+        if msg is not None and type(msg.writeKey) is str:
+            return msg.writeKey  # type: ignore[no-any-return]
     return None
+
+
+def _with_message_id(raw: Any, msg: Any) -> tuple[str, bytes]:
+    """Give a message without a messageId one (a UUID), in its stored bytes."""
+    message_id = f"hw-{uuid.uuid4()}"
+    encoded_id = _encoder.encode(message_id)
+    if msg.messageId is UNSET:  # no such key: splice it in
+        data = bytes(raw)
+        return message_id, b'{"messageId":' + encoded_id + b"," + data[data.index(b"{") + 1:]
+    fields = decode_object(raw) or {}
+    fields["messageId"] = Raw(encoded_id)
+    return message_id, _encoder.encode(fields)

@@ -1,23 +1,26 @@
 """Records and record batches: the unit the log stores and every stage reads.
 
-A record is one message as stored: the id of the source it came from and the message itself as
-JSON bytes. A record batch is one MessagePack array of *runs*, each run being
-`[source_id, [message, message, ...]]`: a request's messages for one partition are encoded as one
-run by the gateway, and the log writer concatenates runs from many requests into one batch
-without decoding them. The encoding is the same for every log backend.
+A record is one message: the id of the source it came from and the message as JSON bytes.
+A record batch is one MessagePack array of *runs*, `[source_id, stamp, messages]`, where
+`messages` is a JSON array of messages and `stamp` is either nil (the messages are final) or the
+request's encoded `Stamp` (the messages are as the client sent them; readers apply the stamp, see
+`headwater.events.stored`). A gateway request becomes one run per partition it touches, and the
+log concatenates runs from many requests into one batch without decoding them. The encoding is
+the same for every log backend.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 import xxhash
 
 
-class Record(msgspec.Struct, frozen=True):
-    """One stored message: `message` is the full JSON object as the gateway stamped it."""
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One stored message, as every reader sees it (stamped)."""
 
     source_id: str
     message: bytes
@@ -44,15 +47,17 @@ class RecordBatch:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Encoded records of one source for one partition, ready to append."""
+    """Encoded messages of one source for one partition, ready to append."""
 
     partition: int
     payload: bytes
     count: int
 
 
+RunTuple = tuple[str, bytes | None, bytes]
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[tuple[str, list[bytes]]])
+_decoder = msgspec.msgpack.Decoder(list[RunTuple])
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -60,9 +65,10 @@ def partition_for(key: str, partitions: int) -> int:
     return xxhash.xxh3_64_intdigest(key.encode()) % partitions
 
 
-def encode_run(source_id: str, messages: list[bytes]) -> bytes:
-    """Encode one source's messages for one partition."""
-    return _encoder.encode((source_id, messages))
+def encode_run(source_id: str, stamp: bytes | None, messages: Sequence[bytes | memoryview]
+               ) -> bytes:
+    """Encode one source's messages (JSON objects, as bytes or buffers) for one partition."""
+    return _encoder.encode((source_id, stamp, b"[" + b",".join(messages) + b"]"))
 
 
 def batch_header(runs: int) -> bytes:
@@ -79,12 +85,21 @@ def join_runs(runs: list[bytes]) -> bytes:
     return batch_header(len(runs)) + b"".join(runs)
 
 
+def decode_runs(payload: bytes | memoryview) -> list[RunTuple]:
+    """The runs of a record batch, undecoded."""
+    return _decoder.decode(payload)
+
+
 def decode_batch(payload: bytes | memoryview) -> list[Record]:
-    """Decode a record batch into its records, in order."""
-    return [Record(source, message) for source, messages in _decoder.decode(payload)
-            for message in messages]
+    """The records of a record batch, in order, stamped."""
+    from headwater.events.stored import records_of_run
+
+    records: list[Record] = []
+    for run in decode_runs(payload):
+        records.extend(records_of_run(*run))
+    return records
 
 
 def encode_batch(records: list[Record]) -> bytes:
-    """Encode records as one batch (one run per record; for tools and tests, not the hot path)."""
-    return join_runs([encode_run(r.source_id, [r.message]) for r in records])
+    """Encode final records as one batch (for tools and tests, not the hot path)."""
+    return join_runs([encode_run(r.source_id, None, [r.message]) for r in records])

@@ -1,13 +1,12 @@
-"""Decoding Tracking API bodies with msgspec, keeping everything we do not route on as bytes.
+"""Decoding Segment messages with msgspec, keeping everything we do not route on as bytes.
 
-Only the fields the gateway validates or stamps are decoded; `properties`, `traits`, `context`
-and friends stay `msgspec.Raw` (the original bytes) and are written back out untouched.
+Only the fields that are validated or stamped are decoded; `properties`, `traits`, `context` and
+friends stay `msgspec.Raw` (the original bytes) and are written back out untouched.
 
 Two shapes of the same message: `Message` declares the types Segment requires, so msgspec checks
 them in C and the common case needs no per-field checks in Python; unknown fields are forbidden
-there. A body that fails that strict decode is decoded again message by message: a message that
-is fine decodes strictly, anything else decodes as `LenientMessage` (every field `Any`, unknown
-fields carried separately) and is checked field by field, with Segment's reason codes.
+there. A message that fails that strict decode is decoded again as `LenientMessage` (every field
+`Any`, unknown fields carried separately) and checked field by field (`validate.coerce`).
 """
 
 from __future__ import annotations
@@ -70,18 +69,43 @@ LenientMessage = msgspec.defstruct(
 KNOWN_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(Message))
 
 
-class Batch(msgspec.Struct, gc=False):
-    """A `/v1/batch` body on the fast path: every message decodes strictly."""
-
-    batch: list[Message] | UnsetType = UNSET
-    sentAt: Any = None
-    writeKey: Any = None
-    context: Raw | UnsetType = UNSET
-    integrations: Raw | UnsetType = UNSET
+class AnyObject(msgspec.Struct, gc=False):
+    """Any JSON object: msgspec checks the shape and skips the content."""
 
 
-class LooseBatch(msgspec.Struct, gc=False):
-    """A `/v1/batch` body whose messages are decoded one by one."""
+OptionalObject = AnyObject | None | UnsetType
+
+
+class Check(msgspec.Struct, gc=False):
+    """The fields Segment's rules look at, typed so that msgspec checks them in C.
+
+    Decoding a message as `Check` is the gateway's fast path: it skips everything else, and a
+    message that decodes is well-typed; only presence rules remain (`validate.check`).
+    """
+
+    type: MessageType | UnsetType = UNSET
+    event: OptionalStr = UNSET
+    name: OptionalStr = UNSET
+    category: OptionalStr = UNSET
+    groupId: OptionalStr = UNSET
+    previousId: OptionalStr = UNSET
+    userId: OptionalStr = UNSET
+    anonymousId: OptionalStr = UNSET
+    messageId: MessageId = UNSET
+    writeKey: OptionalStr = UNSET
+    properties: OptionalObject = UNSET
+    traits: OptionalObject = UNSET
+    context: OptionalObject = UNSET
+
+
+class CheckedBatch(msgspec.Struct, gc=False):
+    """A batch body decoded for checking only."""
+
+    batch: list[Check] = []
+
+
+class Envelope(msgspec.Struct, gc=False):
+    """A batch body: its messages stay raw bytes until each is decoded on its own."""
 
     batch: list[Raw] | None | UnsetType = UNSET
     sentAt: Any = None
@@ -91,8 +115,8 @@ class LooseBatch(msgspec.Struct, gc=False):
 
 
 class Item(msgspec.Struct, gc=False):
-    """One message of a request: a strictly decoded `Message`, or a `LenientMessage` with its
-    unknown fields as an encoded JSON object, or None with the problem that stopped it."""
+    """One decoded message: a strict `Message`, or a `LenientMessage` whose unknown fields are
+    kept as an encoded JSON object in `extras`, or None with the `problem` that stopped it."""
 
     message: Any
     extras: bytes | None = None
@@ -100,11 +124,13 @@ class Item(msgspec.Struct, gc=False):
     lenient: bool = False
 
 
-_batch_decoder = msgspec.json.Decoder(Batch)
-_loose_batch_decoder = msgspec.json.Decoder(LooseBatch)
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_checked_batch_decoder = msgspec.json.Decoder(CheckedBatch)
+_check_decoder = msgspec.json.Decoder(Check)
 _message_decoder = msgspec.json.Decoder(Message)
 _lenient_decoder = msgspec.json.Decoder(LenientMessage)
 _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
+_raw_list_decoder = msgspec.json.Decoder(list[Raw])
 _encoder = msgspec.json.Encoder()
 
 
@@ -116,49 +142,46 @@ class BodyError(Exception):
         self.code = code
 
 
-def decode_batch(body: bytes) -> tuple[list[Item], Any, Any, Raw | None, Raw | None]:
-    """Decode a batch body into (items, sentAt, writeKey, context, integrations)."""
+def decode_envelope(body: bytes) -> Envelope:
+    """Decode a batch body; its messages are left as raw bytes."""
     try:
-        b = _batch_decoder.decode(body)
-    except msgspec.ValidationError:
-        return _decode_batch_slowly(body)
-    except msgspec.DecodeError as exc:
-        raise BodyError("invalid_json", f"the body is not valid JSON: {exc}") from None
-    if b.batch is UNSET:
-        raise BodyError("empty_batch", "the body has no `batch` array")
-    items = [Item(m) for m in b.batch]
-    return items, b.sentAt, b.writeKey, _raw(b.context), _raw(b.integrations)
-
-
-def _decode_batch_slowly(body: bytes) -> tuple[list[Item], Any, Any, Raw | None, Raw | None]:
-    try:
-        b = _loose_batch_decoder.decode(body)
+        envelope = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BodyError("bad_request", f"the body is not a batch: {exc}") from None
-    except msgspec.DecodeError as exc:  # pragma: no cover - the fast path caught syntax errors
-        raise BodyError("invalid_json", f"the body is not valid JSON: {exc}") from None
-    if b.batch is UNSET or b.batch is None:
-        raise BodyError("empty_batch", "the body has no `batch` array")
-    items = [decode_item(raw) for raw in b.batch]
-    return items, b.sentAt, b.writeKey, _raw(b.context), _raw(b.integrations)
-
-
-def decode_single(body: bytes) -> Item:
-    """Decode the body of a single-message path (`/v1/track`, `/v1/t`, ...)."""
-    try:
-        return Item(_message_decoder.decode(body))
-    except msgspec.ValidationError:
-        pass
     except msgspec.DecodeError as exc:
         raise BodyError("invalid_json", f"the body is not valid JSON: {exc}") from None
-    item = decode_item(Raw(body))
-    if item.message is None:
-        raise BodyError("bad_request", item.problem or "the body is not a JSON object")
-    return item
+    if envelope.batch is UNSET or envelope.batch is None:
+        raise BodyError("empty_batch", "the body has no `batch` array")
+    return envelope
 
 
-def decode_item(raw: Raw) -> Item:
-    """Decode one message, keeping unknown fields; a non-object becomes a problem."""
+def decode_checks(body: bytes) -> list[Check] | None:
+    """Every message of a (valid JSON) batch body decoded as `Check`, or None if any message
+    is not well-typed (then each must be looked at on its own, see `decode_for_check`)."""
+    try:
+        return _checked_batch_decoder.decode(body).batch
+    except msgspec.ValidationError:
+        return None
+
+
+def decode_for_check(raw: Raw | bytes) -> tuple[Any, bool]:
+    """One message for checking: (`Check`, False) when well-typed, else (`LenientMessage`,
+    True) to go through `validate.coerce`, or (None, True) when it is not an object.
+
+    Raises `msgspec.DecodeError` when `raw` is not JSON at all.
+    """
+    try:
+        return _check_decoder.decode(raw), False
+    except msgspec.ValidationError:
+        pass
+    try:
+        return _lenient_decoder.decode(raw), True
+    except msgspec.ValidationError:
+        return None, True
+
+
+def decode_message(raw: Raw | bytes) -> Item:
+    """Decode one message: strictly when it can be, else leniently with its unknown fields."""
     try:
         return Item(_message_decoder.decode(raw))
     except msgspec.ValidationError:
@@ -172,15 +195,20 @@ def decode_item(raw: Raw) -> Item:
     return Item(message, _encoder.encode(extras) if extras else None, None, True)
 
 
-def decode_object(raw: Raw) -> dict[str, Raw] | None:
-    """The top-level fields of a JSON object held as Raw, or None if it is not an object."""
+def decode_object(raw: Raw | bytes) -> dict[str, Raw] | None:
+    """The top-level fields of a JSON object, or None if it is not an object."""
     try:
         return _fields_decoder.decode(raw)
     except msgspec.ValidationError:
         return None
 
 
-def encode_message(message: Message, extras: bytes | None) -> bytes:
+def split_array(data: bytes | memoryview) -> list[Raw]:
+    """The elements of a JSON array, each as raw bytes."""
+    return _raw_list_decoder.decode(data)
+
+
+def encode_message(message: Any, extras: bytes | None) -> bytes:
     """The stored JSON of a message: its known fields, then the unknown ones it came with."""
     out = _encoder.encode(message)
     if extras is None:
@@ -188,7 +216,3 @@ def encode_message(message: Message, extras: bytes | None) -> bytes:
     if len(out) == 2:  # "{}"
         return extras
     return out[:-1] + b"," + extras[1:]
-
-
-def _raw(value: Raw | UnsetType) -> Raw | None:
-    return None if value is UNSET else value
