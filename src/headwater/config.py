@@ -120,8 +120,12 @@ def _check(config: Config) -> None:
     log = config.log
     if not 1 <= log.partitions <= 1024:
         raise ValueError("log.partitions must be between 1 and 1024")
-    for size in (log.segment_bytes, log.max_pending_bytes, log.min_free_disk,
-                 log.retention.max_bytes):
+    for size in (
+        log.segment_bytes,
+        log.max_pending_bytes,
+        log.min_free_disk,
+        log.retention.max_bytes,
+    ):
         parse_size(size)
     for duration in (log.fsync_interval, log.retention.max_age):
         parse_duration(duration)

@@ -26,4 +26,3 @@ class DataPaths:
     @property
     def metrics_dir(self) -> Path:
         return self.root / "run" / "metrics"
-

@@ -19,17 +19,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 def data_options(func: F) -> F:
     """`--config` and `--data`, as `headwater up` takes them."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  envvar="HEADWATER_CONFIG", default=None,
-                  help="headwater.yaml to read (also $HEADWATER_CONFIG).")
-    @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
-                  help="Data directory (default: the config's `data`, else ./.headwater).")
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        envvar="HEADWATER_CONFIG",
+        default=None,
+        help="headwater.yaml to read (also $HEADWATER_CONFIG).",
+    )
+    @click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Data directory (default: the config's `data`, else ./.headwater).",
+    )
     @functools.wraps(func)
     def wrapper(*args: Any, config_path: str | None, data_dir: str | None, **kw: Any) -> Any:
         config = load(config_path or None)
         data = data_dir or os.environ.get("HEADWATER_DATA") or config.data or ".headwater"
-        return func(*args, config=config, config_path=config_path or None,
-                    paths=DataPaths(Path(data)), **kw)
+        return func(
+            *args, config=config, config_path=config_path or None, paths=DataPaths(Path(data)), **kw
+        )
 
     return wrapper  # type: ignore[return-value]
 

@@ -29,10 +29,20 @@ def version() -> None:
 @data_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8088, show_default=True, type=int, help="Port to listen on.")
-@click.option("--workers", default=None, type=click.IntRange(1, 256),
-              help="Gateway worker processes (default: one per core).")
-def up(config: Config, config_path: str | None, paths: DataPaths, host: str, port: int,
-       workers: int | None) -> None:
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 256),
+    help="Gateway worker processes (default: one per core).",
+)
+def up(
+    config: Config,
+    config_path: str | None,
+    paths: DataPaths,
+    host: str,
+    port: int,
+    workers: int | None,
+) -> None:
     """Run every role on embedded storage: the Tracking API on a durable local log."""
     from headwater.cli.banner import print_banner
     from headwater.runtime.logd import LogServerError, LogServerProcess, server_settings

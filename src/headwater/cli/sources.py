@@ -52,8 +52,14 @@ def sources() -> None:
 @click.argument("ref", metavar="WORKSPACE/NAME")
 @click.option("--write-key", "write_keys", multiple=True, help="Use this write key (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def create(config: Config, config_path: str | None, paths: DataPaths, ref: str,
-           write_keys: tuple[str, ...], as_json: bool) -> None:
+def create(
+    config: Config,
+    config_path: str | None,
+    paths: DataPaths,
+    ref: str,
+    write_keys: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Create a source (and its workspace if new); prints its write key."""
     workspace, sep, name = ref.partition("/")
     if not sep:
@@ -68,8 +74,9 @@ def create(config: Config, config_path: str | None, paths: DataPaths, ref: str,
 @data_options
 @click.option("--workspace", default=None, help="Only this workspace.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_(config: Config, config_path: str | None, paths: DataPaths, workspace: str | None,
-          as_json: bool) -> None:
+def list_(
+    config: Config, config_path: str | None, paths: DataPaths, workspace: str | None, as_json: bool
+) -> None:
     """List sources with their write keys."""
     with _store(paths) as store:
         _show(store.list_sources(workspace), as_json)
@@ -78,11 +85,16 @@ def list_(config: Config, config_path: str | None, paths: DataPaths, workspace: 
 @sources.command("rotate")
 @data_options
 @click.argument("ref", metavar="WORKSPACE/NAME|ID")
-@click.option("--grace", default="24h", show_default=True,
-              help="How long the old keys keep working (e.g. 0, 30m, 24h).")
+@click.option(
+    "--grace",
+    default="24h",
+    show_default=True,
+    help="How long the old keys keep working (e.g. 0, 30m, 24h).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def rotate(config: Config, config_path: str | None, paths: DataPaths, ref: str, grace: str,
-           as_json: bool) -> None:
+def rotate(
+    config: Config, config_path: str | None, paths: DataPaths, ref: str, grace: str, as_json: bool
+) -> None:
     """Issue a new write key; the old ones stop after the grace period."""
     try:
         seconds = parse_duration(grace)

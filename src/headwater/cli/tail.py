@@ -23,16 +23,31 @@ _decoder = msgspec.json.Decoder(dict[str, object])
 
 @click.command()
 @data_options
-@click.option("--source", "source", default=None, metavar="NAME",
-              help="Only this source (NAME or WORKSPACE/NAME).")
+@click.option(
+    "--source",
+    "source",
+    default=None,
+    metavar="NAME",
+    help="Only this source (NAME or WORKSPACE/NAME).",
+)
 @click.option("--from-start", is_flag=True, help="Start at the oldest retained message.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Stop after this many messages.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Stop after this many messages."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--follow/--no-follow", default=True, show_default=True,
-              help="Keep waiting for new messages.")
-def tail(config: Config, config_path: str | None, paths: DataPaths, source: str | None,
-         from_start: bool, limit: int | None, as_json: bool, follow: bool) -> None:
+@click.option(
+    "--follow/--no-follow", default=True, show_default=True, help="Keep waiting for new messages."
+)
+def tail(
+    config: Config,
+    config_path: str | None,
+    paths: DataPaths,
+    source: str | None,
+    from_start: bool,
+    limit: int | None,
+    as_json: bool,
+    follow: bool,
+) -> None:
     """Print messages stored in the log (works while `up` is running)."""
     source_ids = _resolve_sources(paths, source) if source else None
     try:

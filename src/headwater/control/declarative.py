@@ -35,9 +35,12 @@ def apply_config(store: ControlStore, config: Config) -> AppliedConfig:
                 if src_conf.write_keys:
                     store.sync_write_keys(src.id, src_conf.write_keys)
             else:
-                src = store.create_source(ws.name, src_conf.name,
-                                          write_keys=src_conf.write_keys or None,
-                                          managed_by=MANAGED_BY_CONFIG)
+                src = store.create_source(
+                    ws.name,
+                    src_conf.name,
+                    write_keys=src_conf.write_keys or None,
+                    managed_by=MANAGED_BY_CONFIG,
+                )
             if src.enabled != src_conf.enabled:
                 store.set_source_enabled(ref, src_conf.enabled)
             declared_ids.add(src.id)

@@ -123,8 +123,9 @@ class ControlStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                     timeout=30.0)
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
@@ -153,11 +154,14 @@ class ControlStore:
         _check_name(name, "workspace")
         with self._tx():
             if self._find_workspace(name) is not None:
-                raise ControlError(f"workspace {name!r} already exists", status=409,
-                                   code="conflict")
+                raise ControlError(
+                    f"workspace {name!r} already exists", status=409, code="conflict"
+                )
             ws = Workspace(new_id("ws"), name, now_ms())
-            self._conn.execute("INSERT INTO workspaces VALUES(?,?,?,?)",
-                               (ws.id, ws.name, ws.created_ms, managed_by))
+            self._conn.execute(
+                "INSERT INTO workspaces VALUES(?,?,?,?)",
+                (ws.id, ws.name, ws.created_ms, managed_by),
+            )
         return ws
 
     def ensure_workspace(self, name: str, *, managed_by: str) -> Workspace:
@@ -197,20 +201,25 @@ class ControlStore:
         ws = self.workspace(workspace)
         keys = write_keys or [new_write_key()]
         with self._tx():
-            if self._conn.execute("SELECT 1 FROM sources WHERE workspace_id=? AND name=?",
-                                  (ws.id, name)).fetchone():
-                raise ControlError(f"source {ws.name}/{name} already exists", status=409,
-                                   code="conflict")
+            if self._conn.execute(
+                "SELECT 1 FROM sources WHERE workspace_id=? AND name=?", (ws.id, name)
+            ).fetchone():
+                raise ControlError(
+                    f"source {ws.name}/{name} already exists", status=409, code="conflict"
+                )
             sid = new_id("src")
-            self._conn.execute("INSERT INTO sources VALUES(?,?,?,1,?,?)",
-                               (sid, ws.id, name, now_ms(), managed_by))
+            self._conn.execute(
+                "INSERT INTO sources VALUES(?,?,?,1,?,?)", (sid, ws.id, name, now_ms(), managed_by)
+            )
             for key in keys:
                 self._insert_key(sid, key, managed_by)
         return self.source(sid)
 
     def list_sources(self, workspace: str | None = None) -> list[Source]:
-        sql = ("SELECT s.id FROM sources s JOIN workspaces w ON w.id = s.workspace_id "
-               "{} ORDER BY w.name, s.name")
+        sql = (
+            "SELECT s.id FROM sources s JOIN workspaces w ON w.id = s.workspace_id "
+            "{} ORDER BY w.name, s.name"
+        )
         if workspace is None:
             rows = self._conn.execute(sql.format("")).fetchall()
         else:
@@ -224,7 +233,9 @@ class ControlStore:
             ws_name, _, name = ref.partition("/")
             row = self._conn.execute(
                 "SELECT s.id FROM sources s JOIN workspaces w ON w.id = s.workspace_id "
-                "WHERE w.name=? AND s.name=?", (ws_name, name)).fetchone()
+                "WHERE w.name=? AND s.name=?",
+                (ws_name, name),
+            ).fetchone()
         else:
             row = self._conn.execute("SELECT id FROM sources WHERE id=?", (ref,)).fetchone()
         if row is None:
@@ -232,18 +243,24 @@ class ControlStore:
         sid = row[0]
         s = self._conn.execute(
             "SELECT s.id, s.workspace_id, w.name, s.name, s.enabled, s.created_ms FROM sources s "
-            "JOIN workspaces w ON w.id = s.workspace_id WHERE s.id=?", (sid,)).fetchone()
+            "JOIN workspaces w ON w.id = s.workspace_id WHERE s.id=?",
+            (sid,),
+        ).fetchone()
         keys = tuple(
-            WriteKey(k, c, e, bool(d)) for k, c, e, d in self._conn.execute(
+            WriteKey(k, c, e, bool(d))
+            for k, c, e, d in self._conn.execute(
                 "SELECT key, created_ms, expires_ms, disabled FROM write_keys "
-                "WHERE source_id=? ORDER BY created_ms, key", (sid,))
+                "WHERE source_id=? ORDER BY created_ms, key",
+                (sid,),
+            )
         )
         return Source(s[0], s[1], s[2], s[3], bool(s[4]), s[5], keys)
 
     def config_sources_not_in(self, ids: set[str]) -> list[str]:
         """Ids of enabled sources the config file created that are not in `ids`."""
         rows = self._conn.execute(
-            "SELECT id FROM sources WHERE managed_by=? AND enabled=1", (MANAGED_BY_CONFIG,))
+            "SELECT id FROM sources WHERE managed_by=? AND enabled=1", (MANAGED_BY_CONFIG,)
+        )
         return [r[0] for r in rows if r[0] not in ids]
 
     def set_source_enabled(self, ref: str, enabled: bool) -> Source:
@@ -260,7 +277,9 @@ class ControlStore:
         with self._tx():
             self._conn.execute(
                 "UPDATE write_keys SET expires_ms = min(coalesce(expires_ms, ?), ?) "
-                "WHERE source_id=? AND disabled=0", (expires, expires, src.id))
+                "WHERE source_id=? AND disabled=0",
+                (expires, expires, src.id),
+            )
             self._insert_key(src.id, key, MANAGED_BY_API)
         return self.source(src.id), key
 
@@ -274,30 +293,40 @@ class ControlStore:
         """Make the config-managed keys of a source exactly `keys` (others of the config off)."""
         with self._tx():
             for key in keys:
-                row = self._conn.execute("SELECT source_id FROM write_keys WHERE key=?",
-                                         (key,)).fetchone()
+                row = self._conn.execute(
+                    "SELECT source_id FROM write_keys WHERE key=?", (key,)
+                ).fetchone()
                 if row is None:
                     self._insert_key(source_id, key, MANAGED_BY_CONFIG)
                 elif row[0] != source_id:
-                    raise ControlError(f"write key {key!r} already belongs to another source",
-                                       status=409, code="conflict")
+                    raise ControlError(
+                        f"write key {key!r} already belongs to another source",
+                        status=409,
+                        code="conflict",
+                    )
                 else:
                     self._conn.execute(
-                        "UPDATE write_keys SET disabled=0, expires_ms=NULL WHERE key=?", (key,))
+                        "UPDATE write_keys SET disabled=0, expires_ms=NULL WHERE key=?", (key,)
+                    )
             marks = ",".join("?" * len(keys)) or "''"
             self._conn.execute(
                 f"UPDATE write_keys SET disabled=1 WHERE source_id=? AND managed_by=? "  # noqa: S608
-                f"AND key NOT IN ({marks})", (source_id, MANAGED_BY_CONFIG, *keys))
+                f"AND key NOT IN ({marks})",
+                (source_id, MANAGED_BY_CONFIG, *keys),
+            )
 
     def _insert_key(self, source_id: str, key: str, managed_by: str) -> None:
         if not key or len(key) > 200 or any(c.isspace() or c == ":" for c in key):
             raise ControlError(f"invalid write key {key!r}: 1-200 characters, no spaces or ':'")
         try:
-            self._conn.execute("INSERT INTO write_keys VALUES(?,?,?,NULL,0,?)",
-                               (key, source_id, now_ms(), managed_by))
+            self._conn.execute(
+                "INSERT INTO write_keys VALUES(?,?,?,NULL,0,?)",
+                (key, source_id, now_ms(), managed_by),
+            )
         except sqlite3.IntegrityError as exc:
-            raise ControlError("that write key is already in use", status=409,
-                               code="conflict") from exc
+            raise ControlError(
+                "that write key is already in use", status=409, code="conflict"
+            ) from exc
 
     # -- admin token --------------------------------------------------------------------------
 
@@ -307,12 +336,15 @@ class ControlStore:
 
     def set_admin_token(self, token: str) -> None:
         with self._tx():
-            self._conn.execute("INSERT OR REPLACE INTO settings VALUES('admin_token_sha256', ?)",
-                               (hash_token(token),))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO settings VALUES('admin_token_sha256', ?)",
+                (hash_token(token),),
+            )
 
     def admin_token_hash(self) -> str | None:
         row = self._conn.execute(
-            "SELECT value FROM settings WHERE key='admin_token_sha256'").fetchone()
+            "SELECT value FROM settings WHERE key='admin_token_sha256'"
+        ).fetchone()
         return str(row[0]) if row else None
 
     def check_admin_token(self, token: str) -> bool:
@@ -342,7 +374,8 @@ class _Transaction:
             return
         if exc_type is None:
             self._conn.execute(
-                "UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key='version'")
+                "UPDATE settings SET value = CAST(value AS INTEGER) + 1 WHERE key='version'"
+            )
             self._conn.execute("COMMIT")
         else:
             self._conn.execute("ROLLBACK")

@@ -52,8 +52,7 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
 
 def _lenient_field(f: msgspec.structs.FieldInfo) -> tuple[str, Any, Any]:
     keep_raw = f.type == Raw | UnsetType
-    default = UNSET if f.name == f.encode_name else msgspec.field(default=UNSET,
-                                                                  name=f.encode_name)
+    default = UNSET if f.name == f.encode_name else msgspec.field(default=UNSET, name=f.encode_name)
     return f.name, (Raw | UnsetType) if keep_raw else Any, default
 
 
@@ -107,7 +106,7 @@ class CheckedBatch(msgspec.Struct, gc=False):
 class Envelope(msgspec.Struct, gc=False):
     """A batch body: its messages stay raw bytes until each is decoded on its own."""
 
-    batch: list[Raw] | None | UnsetType = UNSET
+    batch: list[Raw] | UnsetType | None = UNSET
     sentAt: Any = None
     writeKey: Any = None
     context: Raw | UnsetType = UNSET

@@ -63,8 +63,17 @@ def parse_timestamp(value: Any) -> datetime | None:
 class Stamper:
     """Applies one request's stamp to its messages (request-level parsing done once)."""
 
-    __slots__ = ("_context", "_corrected", "_integrations", "_ip_prefix", "_received",
-                 "_received_raw", "_sent_at", "_skew", "path_type")
+    __slots__ = (
+        "_context",
+        "_corrected",
+        "_integrations",
+        "_ip_prefix",
+        "_received",
+        "_received_raw",
+        "_sent_at",
+        "_skew",
+        "path_type",
+    )
 
     def __init__(self, stamp: Stamp) -> None:
         self._received = stamp.received_at
@@ -74,8 +83,9 @@ class Stamper:
         self._skew = None if sent is None else stamp.received_at - sent
         self._ip_prefix = None if stamp.ip is None else b'{"ip":' + _encoder.encode(stamp.ip)
         self._context = decode_object(stamp.context) if stamp.context is not None else None
-        self._integrations = (decode_object(stamp.integrations)
-                              if stamp.integrations is not None else None)
+        self._integrations = (
+            decode_object(stamp.integrations) if stamp.integrations is not None else None
+        )
         self._corrected: dict[str, Any] = {}
         self.path_type = stamp.path_type
 

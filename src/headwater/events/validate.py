@@ -67,8 +67,11 @@ def coerce(msg: Any, path_type: str | None) -> None:
     msg.anonymousId = _as_id(msg.anonymousId, "anonymousId")
     msg.groupId = _as_id(msg.groupId, "groupId")
     msg.previousId = _as_id(msg.previousId, "previousId")
-    for name, code in (("event", reasons.EVENT_NOT_STRING), ("name", reasons.NAME_NOT_STRING),
-                       ("category", reasons.CATEGORY_NOT_STRING)):
+    for name, code in (
+        ("event", reasons.EVENT_NOT_STRING),
+        ("name", reasons.NAME_NOT_STRING),
+        ("category", reasons.CATEGORY_NOT_STRING),
+    ):
         value = getattr(msg, name)
         if value is not UNSET and value is not None and type(value) is not str:
             raise Dropped(code, f"{name} must be a string")
@@ -78,8 +81,9 @@ def coerce(msg: Any, path_type: str | None) -> None:
     elif message_id is not UNSET and message_id is not None and type(message_id) is not str:
         raise Dropped(reasons.BAD_REQUEST, "messageId must be a string")
     if type(message_id) is str and len(message_id) > MAX_MESSAGE_ID_LENGTH:
-        raise Dropped(reasons.BAD_REQUEST,
-                      f"messageId is longer than {MAX_MESSAGE_ID_LENGTH} characters")
+        raise Dropped(
+            reasons.BAD_REQUEST, f"messageId is longer than {MAX_MESSAGE_ID_LENGTH} characters"
+        )
     if type(msg.writeKey) is not str:
         msg.writeKey = UNSET
     mtype = path_type or msg.type

@@ -41,8 +41,12 @@ def source_json(src: Source) -> dict[str, Any]:
         "enabled": src.enabled,
         "created_ms": src.created_ms,
         "write_keys": [
-            {"key": k.key, "created_ms": k.created_ms, "expires_ms": k.expires_ms,
-             "disabled": k.disabled}
+            {
+                "key": k.key,
+                "created_ms": k.created_ms,
+                "expires_ms": k.expires_ms,
+                "disabled": k.disabled,
+            }
             for k in src.write_keys
         ],
     }
@@ -105,8 +109,9 @@ class AdminApi:
             case ("DELETE", ["sources", ref, "write-keys", key]):
                 src = store.source(ref)
                 if key not in {k.key for k in src.write_keys}:
-                    raise ControlError("no such write key on this source", status=404,
-                                       code="not_found")
+                    raise ControlError(
+                        "no such write key on this source", status=404, code="not_found"
+                    )
                 store.disable_write_key(key)
                 return 200, source_json(store.source(ref))
         raise HttpError(404, "not_found", "no such admin endpoint")

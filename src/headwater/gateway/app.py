@@ -58,11 +58,15 @@ class GatewayApp:
         self.store = ControlStore(paths.control_db)
         self.keys = KeyCache(self.store)
         self.admin = AdminApi(self.store)
-        self.writer = LogClient(socket_path(paths.log_dir("ingest")),
-                                parse_size(config.log.max_pending_bytes))
+        self.writer = LogClient(
+            socket_path(paths.log_dir("ingest")), parse_size(config.log.max_pending_bytes)
+        )
         self.reader: EmbeddedLogReader | None = None
         self.tracking = Tracking(
-            self.writer, config.log.partitions, self.keys, self.metrics,
+            self.writer,
+            config.log.partitions,
+            self.keys,
+            self.metrics,
             ClientAddress(config.gateway.trusted_proxies),
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,8 +109,10 @@ class GatewayApp:
                 body = await self.tracking.single(scope, proto, SINGLE_PATHS[path])
             elif method == "OPTIONS":
                 self.metrics.request(route, 204)
-                proto.response_empty(204, preflight_headers(
-                    origin, scope.headers.get("access-control-request-headers")))
+                proto.response_empty(
+                    204,
+                    preflight_headers(origin, scope.headers.get("access-control-request-headers")),
+                )
                 return
             else:
                 await self._other(scope, proto, method, path, route, origin)
@@ -116,12 +122,15 @@ class GatewayApp:
             return
         except Exception:
             log.exception("unexpected error on %s", path)
-            self._error(proto, route, origin,
-                        HttpError(500, "internal_error", "internal error; nothing was stored"))
+            self._error(
+                proto,
+                route,
+                origin,
+                HttpError(500, "internal_error", "internal error; nothing was stored"),
+            )
             return
         self.metrics.request(route, 200)
-        headers = _OK_HEADERS if origin is None else [("content-type", JSON),
-                                                      *cors_headers(origin)]
+        headers = _OK_HEADERS if origin is None else [("content-type", JSON), *cors_headers(origin)]
         proto.response_bytes(200, headers, body)
 
     async def _other(
@@ -134,7 +143,7 @@ class GatewayApp:
         elif path.startswith("/v1/projects/") and path.endswith("/settings"):
             if method != "GET":
                 raise HttpError(405, "method_not_allowed", "use GET")
-            key = path[len("/v1/projects/"):-len("/settings")]
+            key = path[len("/v1/projects/") : -len("/settings")]
             self._json(proto, route, 200, self._settings(scope, key), origin)
         elif path == "/healthz":
             self._json(proto, route, 200, b'{"status":"ok"}', origin)
@@ -145,8 +154,9 @@ class GatewayApp:
             self._json(proto, route, status, body, origin)
         elif path == "/metrics":
             self.metrics.request(route, 200)
-            proto.response_bytes(200, [("content-type", "text/plain; version=0.0.4")],
-                                 self._metrics_text())
+            proto.response_bytes(
+                200, [("content-type", "text/plain; version=0.0.4")], self._metrics_text()
+            )
         elif path.startswith("/admin/v1/"):
             self.admin.authorize(scope.headers.get("authorization"))
             body = await read_body(scope, proto, ADMIN_BODY_LIMIT)
@@ -180,28 +190,32 @@ class GatewayApp:
             scheme, _, host = public.rstrip("/").partition("://")
         else:
             scheme, host = scope.scheme, scope.headers.get("host") or scope.authority or ""
-        return _encoder.encode({
-            "integrations": {
-                "Segment.io": {
-                    "apiKey": key,
-                    "apiHost": f"{host}/v1",
-                    "protocol": scheme,
-                    "unbundledIntegrations": [],
-                    "addBundledMetadata": True,
-                    "maybeBundledConfigIds": {},
-                }
-            },
-            "plan": {"track": {"__default": {"enabled": True, "integrations": {}}},
-                     "identify": {"__default": {"enabled": True}},
-                     "group": {"__default": {"enabled": True}}},
-            "edgeFunction": {},
-            "analyticsNextEnabled": True,
-            "middlewareSettings": {},
-            "enabledMiddleware": {},
-            "metrics": {"sampleRate": 0},
-            "legacyVideoPluginsEnabled": False,
-            "remotePlugins": [],
-        })
+        return _encoder.encode(
+            {
+                "integrations": {
+                    "Segment.io": {
+                        "apiKey": key,
+                        "apiHost": f"{host}/v1",
+                        "protocol": scheme,
+                        "unbundledIntegrations": [],
+                        "addBundledMetadata": True,
+                        "maybeBundledConfigIds": {},
+                    }
+                },
+                "plan": {
+                    "track": {"__default": {"enabled": True, "integrations": {}}},
+                    "identify": {"__default": {"enabled": True}},
+                    "group": {"__default": {"enabled": True}},
+                },
+                "edgeFunction": {},
+                "analyticsNextEnabled": True,
+                "middlewareSettings": {},
+                "enabledMiddleware": {},
+                "metrics": {"sampleRate": 0},
+                "legacyVideoPluginsEnabled": False,
+                "remotePlugins": [],
+            }
+        )
 
     def _metrics_text(self) -> bytes:
         self.metrics.flush(self.paths.metrics_dir)
@@ -236,5 +250,3 @@ def create_app() -> GatewayApp:
     config = load_config(os.environ.get("HEADWATER_CONFIG") or None)
     data = os.environ.get("HEADWATER_DATA") or config.data or ".headwater"
     return GatewayApp(config, DataPaths(Path(data)))
-
-

@@ -75,8 +75,11 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     elif encoding == "identity":
         return body
     else:
-        raise HttpError(415, "unsupported_encoding",
-                        f"Content-Encoding {encoding!r} is not supported (use gzip)")
+        raise HttpError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding!r} is not supported (use gzip)",
+        )
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(body, limit + 1)
@@ -112,7 +115,7 @@ class ClientAddress:
         peer = _peer_ip(scope.client)
         if not self._trusted or peer is None:
             return peer
-        forwarded = scope.headers.get("x-forwarded-for")
+        forwarded: str | None = scope.headers.get("x-forwarded-for")
         if not forwarded or not self._is_trusted(peer):
             return peer
         for hop in reversed([h.strip() for h in forwarded.split(",")]):
@@ -141,8 +144,11 @@ def _peer_ip(client: str | None) -> str | None:
 
 def cors_headers(origin: str | None) -> list[tuple[str, str]]:
     if origin:
-        return [("access-control-allow-origin", origin), ("vary", "Origin"),
-                ("access-control-allow-credentials", "true")]
+        return [
+            ("access-control-allow-origin", origin),
+            ("vary", "Origin"),
+            ("access-control-allow-credentials", "true"),
+        ]
     return [("access-control-allow-origin", "*")]
 
 

@@ -27,7 +27,10 @@ class KeyCache:
         if type(key) is not str:
             return None
         grant = self._grants.get(key)
-        if grant is not None and grant.expires_ms is not None \
-                and time.time_ns() // 1_000_000 >= grant.expires_ms:
+        if (
+            grant is not None
+            and grant.expires_ms is not None
+            and time.time_ns() // 1_000_000 >= grant.expires_ms
+        ):
             return None
         return grant

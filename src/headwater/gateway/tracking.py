@@ -38,10 +38,18 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_MESSAGES = 2500
 
 SINGLE_PATHS = {
-    "/v1/identify": "identify", "/v1/track": "track", "/v1/page": "page",
-    "/v1/screen": "screen", "/v1/group": "group", "/v1/alias": "alias",
-    "/v1/i": "identify", "/v1/t": "track", "/v1/p": "page",
-    "/v1/s": "screen", "/v1/g": "group", "/v1/a": "alias",
+    "/v1/identify": "identify",
+    "/v1/track": "track",
+    "/v1/page": "page",
+    "/v1/screen": "screen",
+    "/v1/group": "group",
+    "/v1/alias": "alias",
+    "/v1/i": "identify",
+    "/v1/t": "track",
+    "/v1/p": "page",
+    "/v1/s": "screen",
+    "/v1/g": "group",
+    "/v1/a": "alias",
 }
 BATCH_PATHS = frozenset({"/v1/batch", "/v1/b", "/v1/import"})
 
@@ -83,13 +91,15 @@ class Tracking:
             envelope = decode_envelope(body)
         except BodyError as exc:
             if exc.code == reasons.EMPTY_BATCH:
-                self.metrics.drop(header_grant.source_id if header_grant else "",
-                                  reasons.EMPTY_BATCH)
+                self.metrics.drop(
+                    header_grant.source_id if header_grant else "", reasons.EMPTY_BATCH
+                )
             raise HttpError(400, exc.code, str(exc)) from None
         raws: list[Raw] = envelope.batch  # type: ignore[assignment]
         if len(raws) > MAX_BATCH_MESSAGES:
-            raise HttpError(400, "too_many_messages",
-                            f"a batch holds at most {MAX_BATCH_MESSAGES} messages")
+            raise HttpError(
+                400, "too_many_messages", f"a batch holds at most {MAX_BATCH_MESSAGES} messages"
+            )
         checks = decode_checks(body)
         if checks is None:  # some message is not well-typed: look at each on its own
             decoded = [decode_for_check(raw) for raw in raws]
@@ -106,7 +116,9 @@ class Tracking:
             self.metrics.drop(grant.source_id, reasons.EMPTY_BATCH)
             raise HttpError(400, reasons.EMPTY_BATCH, "the batch holds no messages")
         stamp = Stamp(
-            datetime.now(UTC), envelope.sentAt, self.clients.of(scope),
+            datetime.now(UTC),
+            envelope.sentAt,
+            self.clients.of(scope),
             None if envelope.context is UNSET else bytes(envelope.context),
             None if envelope.integrations is UNSET else bytes(envelope.integrations),
         )
@@ -132,8 +144,14 @@ class Tracking:
         return await self._store([Raw(body)], [message], [lenient], stamp, grant, key, started)
 
     async def _store(
-        self, raws: list[Raw], messages: list[Any], lenient: list[bool] | None, stamp: Stamp,
-        grant: KeyGrant, key: str | None, started: float,
+        self,
+        raws: list[Raw],
+        messages: list[Any],
+        lenient: list[bool] | None,
+        stamp: Stamp,
+        grant: KeyGrant,
+        key: str | None,
+        started: float,
     ) -> bytes:
         """Check every message; store the valid ones (`lenient[i]`: message i needs `coerce`,
         None: none does) and return the response body once they are durable."""
@@ -149,8 +167,9 @@ class Tracking:
                 if msg is None:
                     raise Dropped(reasons.BAD_REQUEST, "a message must be a JSON object")
                 if len(raw) > MAX_MESSAGE_BYTES:
-                    raise Dropped(reasons.MESSAGE_TOO_LARGE,
-                                  f"a message is at most {MAX_MESSAGE_BYTES} bytes")
+                    raise Dropped(
+                        reasons.MESSAGE_TOO_LARGE, f"a message is at most {MAX_MESSAGE_BYTES} bytes"
+                    )
                 if lenient is not None and lenient[index]:
                     coerce(msg, path_type)
                 message_id = check(msg, path_type, key)
@@ -171,14 +190,18 @@ class Tracking:
             accepted += 1
         if accepted:
             stamp_bytes = encode_stamp(stamp)
-            runs = [Run(p, encode_run(source_id, stamp_bytes, msgs), len(msgs))
-                    for p, msgs in enumerate(per_partition) if msgs is not None]
+            runs = [
+                Run(p, encode_run(source_id, stamp_bytes, msgs), len(msgs))
+                for p, msgs in enumerate(per_partition)
+                if msgs is not None
+            ]
             try:
                 await self.writer.append(runs, sum(len(r.payload) for r in runs))
             except LogError as exc:
                 self.metrics.reject(exc.code, accepted)
-                raise HttpError(exc.status, exc.code, str(exc),
-                                retry_after=exc.retry_after) from None
+                raise HttpError(
+                    exc.status, exc.code, str(exc), retry_after=exc.retry_after
+                ) from None
             self.metrics.accept(source_id, accepted)
             self.metrics.observe_ack(time.perf_counter() - started)
         if dropped is None:
@@ -210,9 +233,12 @@ class Tracking:
         if grant is None:
             self.metrics.drop("", reasons.UNKNOWN_SOURCE, max(messages, 1))
             if key is None:
-                raise HttpError(401, reasons.UNKNOWN_SOURCE,
-                                "no write key: send Authorization: Basic base64(writeKey:) or "
-                                "writeKey in the body")
+                raise HttpError(
+                    401,
+                    reasons.UNKNOWN_SOURCE,
+                    "no write key: send Authorization: Basic base64(writeKey:) or "
+                    "writeKey in the body",
+                )
             raise HttpError(401, reasons.UNKNOWN_SOURCE, "unknown or disabled write key")
         return grant
 
@@ -220,7 +246,7 @@ class Tracking:
 def _first_key(messages: list[Any]) -> str | None:
     for msg in messages:
         if msg is not None and type(msg.writeKey) is str:
-            return msg.writeKey  # type: ignore[no-any-return]
+            return msg.writeKey
     return None
 
 
@@ -230,7 +256,7 @@ def _with_message_id(raw: Any, msg: Any) -> tuple[str, bytes]:
     encoded_id = _encoder.encode(message_id)
     if msg.messageId is UNSET:  # no such key: splice it in
         data = bytes(raw)
-        return message_id, b'{"messageId":' + encoded_id + b"," + data[data.index(b"{") + 1:]
+        return message_id, b'{"messageId":' + encoded_id + b"," + data[data.index(b"{") + 1 :]
     fields = decode_object(raw) or {}
     fields["messageId"] = Raw(encoded_id)
     return message_id, _encoder.encode(fields)

@@ -1,4 +1,4 @@
-"""The log: partitioned, durable storage of record batches, and the interfaces every backend meets."""
+"""The log: partitioned durable storage of record batches, and the interface backends meet."""
 
 from headwater.log.base import (
     LogBackpressure,

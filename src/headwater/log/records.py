@@ -65,8 +65,9 @@ def partition_for(key: str, partitions: int) -> int:
     return xxhash.xxh3_64_intdigest(key.encode()) % partitions
 
 
-def encode_run(source_id: str, stamp: bytes | None, messages: Sequence[bytes | memoryview]
-               ) -> bytes:
+def encode_run(
+    source_id: str, stamp: bytes | None, messages: Sequence[bytes | memoryview]
+) -> bytes:
     """Encode one source's messages (JSON objects, as bytes or buffers) for one partition."""
     return _encoder.encode((source_id, stamp, b"[" + b",".join(messages) + b"]"))
 

@@ -152,47 +152,63 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snap
-        req = CounterMetricFamily("headwater_gateway_requests", "HTTP requests by path and status",
-                                  labels=["path", "status"])
+        req = CounterMetricFamily(
+            "headwater_gateway_requests",
+            "HTTP requests by path and status",
+            labels=["path", "status"],
+        )
         for route, status, n in snap.requests:
             req.add_metric([route, str(status)], n)
         yield req
-        acc = CounterMetricFamily("headwater_gateway_messages_accepted",
-                                  "Messages stored in the log", labels=["source_id"])
+        acc = CounterMetricFamily(
+            "headwater_gateway_messages_accepted",
+            "Messages stored in the log",
+            labels=["source_id"],
+        )
         for src, n in snap.accepted:
             acc.add_metric([src], n)
         yield acc
-        drop = CounterMetricFamily("headwater_gateway_messages_dropped",
-                                   "Messages dropped by the gateway, by reason code",
-                                   labels=["source_id", "reason"])
+        drop = CounterMetricFamily(
+            "headwater_gateway_messages_dropped",
+            "Messages dropped by the gateway, by reason code",
+            labels=["source_id", "reason"],
+        )
         for src, reason, n in snap.dropped:
             drop.add_metric([src, reason], n)
         yield drop
         rej = CounterMetricFamily(
             "headwater_gateway_messages_rejected",
             "Messages refused with 429/503 (not stored, not acknowledged; clients retry)",
-            labels=["code"])
+            labels=["code"],
+        )
         for code, n in snap.rejected:
             rej.add_metric([code], n)
         yield rej
-        yield CounterMetricFamily("headwater_gateway_client_metrics",
-                                  "Browser client metric payloads received on /v1/m",
-                                  value=snap.client_metrics)
+        yield CounterMetricFamily(
+            "headwater_gateway_client_metrics",
+            "Browser client metric payloads received on /v1/m",
+            value=snap.client_metrics,
+        )
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, n in zip((*ACK_BUCKETS, float("inf")), snap.ack_buckets, strict=False):
             cumulative += n
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        yield HistogramMetricFamily("headwater_gateway_ack_latency_seconds",
-                                    "Request received to durable acknowledgement",
-                                    buckets=buckets, sum_value=snap.ack_sum)
-        size = GaugeMetricFamily("headwater_log_bytes", "Bytes of log data on disk",
-                                 labels=["log"])
-        end = GaugeMetricFamily("headwater_log_end_offset", "Next offset, summed over partitions",
-                                labels=["log"])
-        lag = GaugeMetricFamily("headwater_log_consumer_lag",
-                                "Records not yet committed by a consumer group",
-                                labels=["log", "group"])
+        yield HistogramMetricFamily(
+            "headwater_gateway_ack_latency_seconds",
+            "Request received to durable acknowledgement",
+            buckets=buckets,
+            sum_value=snap.ack_sum,
+        )
+        size = GaugeMetricFamily("headwater_log_bytes", "Bytes of log data on disk", labels=["log"])
+        end = GaugeMetricFamily(
+            "headwater_log_end_offset", "Next offset, summed over partitions", labels=["log"]
+        )
+        lag = GaugeMetricFamily(
+            "headwater_log_consumer_lag",
+            "Records not yet committed by a consumer group",
+            labels=["log", "group"],
+        )
         for g in self.logs:
             size.add_metric([g.log], g.bytes)
             end.add_metric([g.log], sum(g.end_offsets))
@@ -201,6 +217,8 @@ class _Collector:
         yield size
         yield end
         yield lag
-        yield GaugeMetricFamily("headwater_gateway_log_pending_bytes",
-                                "Bytes waiting for the log writer in the answering process",
-                                value=self.pending)
+        yield GaugeMetricFamily(
+            "headwater_gateway_log_pending_bytes",
+            "Bytes waiting for the log writer in the answering process",
+            value=self.pending,
+        )

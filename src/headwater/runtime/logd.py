@@ -71,8 +71,15 @@ class LogServerProcess:
 
     def _spawn(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "headwater.log.embedded",
-             msgspec.json.encode(self.settings).decode(), "--parent", str(os.getpid())],
+            [
+                sys.executable,
+                "-m",
+                "headwater.log.embedded",
+                msgspec.json.encode(self.settings).decode(),
+                "--parent",
+                str(os.getpid()),
+            ],
+            start_new_session=True,  # terminal signals go to us; we stop it when we are done
         )
 
     def _wait_ready(self, timeout: float) -> None:
@@ -83,7 +90,8 @@ class LogServerProcess:
             if code is not None:
                 raise LogServerError(
                     f"the log server exited with code {code} (is another `headwater up` "
-                    "running on this data directory?)")
+                    "running on this data directory?)"
+                )
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 try:
                     probe.connect(self.path)

@@ -13,7 +13,7 @@ from headwater.control.store import ControlStore, Source
 from headwater.log.embedded.store import open_log
 from headwater.paths import DataPaths
 
-ADMIN_TOKEN_ENV = "HEADWATER_ADMIN_TOKEN"
+ADMIN_TOKEN_ENV = "HEADWATER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,8 +182,17 @@ class SegmentAppender:
                     header, length = encode_header(p, base, counts[p], chunks, now)
                     buffers.append(header)
                     buffers.extend(chunks)
-                    rows.append((p, base + counts[p], counts[p], now, segment,
-                                 position + HEADER_SIZE, length))
+                    rows.append(
+                        (
+                            p,
+                            base + counts[p],
+                            counts[p],
+                            now,
+                            segment,
+                            position + HEADER_SIZE,
+                            length,
+                        )
+                    )
                     position += HEADER_SIZE + length
                 self._write_all(fd, buffers, start)
                 if self.settings.fsync is FsyncPolicy.ALWAYS:
@@ -191,10 +200,14 @@ class SegmentAppender:
                 else:
                     self._unsynced.add(segment)
                 conn.executemany("INSERT INTO batches VALUES(?,?,?,?,?,?,?)", rows)
-                conn.executemany("UPDATE partitions SET next_offset=? WHERE partition=?",
-                                 [(row[1], row[0]) for row in rows])
-                conn.execute("UPDATE segments SET bytes=?, last_ms=? WHERE segment=?",
-                             (position, now, segment))
+                conn.executemany(
+                    "UPDATE partitions SET next_offset=? WHERE partition=?",
+                    [(row[1], row[0]) for row in rows],
+                )
+                conn.execute(
+                    "UPDATE segments SET bytes=?, last_ms=? WHERE segment=?",
+                    (position, now, segment),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -232,8 +245,9 @@ class SegmentAppender:
             or row[2] >= settings.segment_bytes
             or now - row[1] >= settings.segment_max_age_ms
         ):
-            segment = int(conn.execute(
-                "SELECT value FROM meta WHERE key='next_segment'").fetchone()[0])
+            segment = int(
+                conn.execute("SELECT value FROM meta WHERE key='next_segment'").fetchone()[0]
+            )
             conn.execute("UPDATE meta SET value=? WHERE key='next_segment'", (segment + 1,))
             conn.execute("INSERT INTO segments VALUES(?,?,?,0)", (segment, now, now))
             end = 0
@@ -258,7 +272,8 @@ class SegmentAppender:
         conn = self._conn
         with self._files.write_lock():
             row = conn.execute(
-                "SELECT segment, bytes FROM segments ORDER BY segment DESC LIMIT 1").fetchone()
+                "SELECT segment, bytes FROM segments ORDER BY segment DESC LIMIT 1"
+            ).fetchone()
             if row is None:
                 return 0
             segment, end = int(row[0]), int(row[1])

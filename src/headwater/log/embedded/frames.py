@@ -35,8 +35,9 @@ class FrameHeader:
     crc: int
 
 
-def encode_header(partition: int, base_offset: int, count: int, chunks: list[bytes],
-                  created_ms: int) -> tuple[bytes, int]:
+def encode_header(
+    partition: int, base_offset: int, count: int, chunks: list[bytes], created_ms: int
+) -> tuple[bytes, int]:
     """The header for a payload made of `chunks`, and the payload's length."""
     crc = 0
     length = 0
@@ -77,13 +78,24 @@ def recover_tail(conn: sqlite3.Connection, fd: int, segment: int, indexed_end: i
         if zlib.crc32(payload) != header.crc:
             break
         end = header.base_offset + header.count
-        rows.append((header.partition, end, header.count, header.created_ms, segment,
-                     payload_at, header.length))
+        rows.append(
+            (
+                header.partition,
+                end,
+                header.count,
+                header.created_ms,
+                segment,
+                payload_at,
+                header.length,
+            )
+        )
         next_offsets[header.partition] = end
         position = payload_at + header.length
     if rows:
         conn.executemany("INSERT INTO batches VALUES(?,?,?,?,?,?,?)", rows)
-        conn.executemany("UPDATE partitions SET next_offset=? WHERE partition=?",
-                         [(end, p) for p, end in next_offsets.items()])
+        conn.executemany(
+            "UPDATE partitions SET next_offset=? WHERE partition=?",
+            [(end, p) for p, end in next_offsets.items()],
+        )
         conn.execute("UPDATE segments SET bytes=? WHERE segment=?", (position, segment))
     return position

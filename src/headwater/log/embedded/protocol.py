@@ -37,8 +37,9 @@ response_decoder = msgspec.msgpack.Decoder(Response)
 
 def encode_request(request_id: int, runs: list[Run]) -> bytearray:
     buf = bytearray(LENGTH_SIZE)
-    _encoder.encode_into((request_id, [(r.partition, r.count, r.payload) for r in runs]), buf,
-                         LENGTH_SIZE)
+    _encoder.encode_into(
+        (request_id, [(r.partition, r.count, r.payload) for r in runs]), buf, LENGTH_SIZE
+    )
     _LENGTH.pack_into(buf, 0, len(buf) - LENGTH_SIZE)
     return buf
 

@@ -53,7 +53,10 @@ class EmbeddedLogReader:
                 self.corrupt_batches += 1
                 log.error(
                     "unreadable batch in partition %d at offsets %d-%d (segment %d); skipped",
-                    partition, base, end_offset, segment,
+                    partition,
+                    base,
+                    end_offset,
+                    segment,
                 )
                 records = []
             batches.append(RecordBatch(partition, base, records, count))

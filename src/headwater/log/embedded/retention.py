@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -65,10 +66,8 @@ def enforce_retention(
                     conn.execute("ROLLBACK")
                     raise
                 for segment, _n in removed:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):
                         os.unlink(files.segment_path(segment))
-                    except FileNotFoundError:
-                        pass
     finally:
         conn.close()
         files.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import selectors
@@ -72,7 +73,7 @@ class AlreadyRunning(Exception):
 @dataclass(eq=False)
 class _Conn:
     sock: socket.socket
-    reader: FrameReader
+    reader: FrameReader = field(init=False)
     out: bytearray = field(default_factory=bytearray)
     closed: bool = False
 
@@ -174,8 +175,8 @@ class LogServer:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            conn = _Conn(sock, FrameReader(lambda frame: None))
-            conn.reader = FrameReader(lambda frame, c=conn: self._on_frame(c, frame))
+            conn = _Conn(sock)
+            conn.reader = FrameReader(functools.partial(self._on_frame, conn))
             self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _read(self, conn: _Conn) -> None:
@@ -198,10 +199,14 @@ class LogServer:
 
     def _on_frame(self, conn: _Conn, frame: memoryview) -> None:
         request_id, runs = request_decoder.decode(frame)
-        self._pending.append(_Pending(
-            conn, request_id, [Run(p, payload, n) for p, n, payload in runs],
-            sum(len(payload) for _p, _n, payload in runs),
-        ))
+        self._pending.append(
+            _Pending(
+                conn,
+                request_id,
+                [Run(p, payload, n) for p, n, payload in runs],
+                sum(len(payload) for _p, _n, payload in runs),
+            )
+        )
 
     def _drop(self, conn: _Conn) -> None:
         if not conn.closed:
@@ -246,8 +251,9 @@ class LogServer:
             if error is None:
                 ok.append(item.request_id)
             else:
-                failed.append((item.request_id, error.status, error.code, str(error),
-                               error.retry_after))
+                failed.append(
+                    (item.request_id, error.status, error.code, str(error), error.retry_after)
+                )
         for conn, (ok, failed) in replies.items():
             if not conn.closed:
                 conn.out += encode_response(ok, failed)
@@ -267,9 +273,12 @@ class LogServer:
                     max_bytes=self.settings.retention_max_bytes,
                 )
                 if result.segments_removed:
-                    log.info("retention removed %d segments (%d bytes, %d records)",
-                             result.segments_removed, result.bytes_removed,
-                             result.records_removed)
+                    log.info(
+                        "retention removed %d segments (%d bytes, %d records)",
+                        result.segments_removed,
+                        result.bytes_removed,
+                        result.records_removed,
+                    )
             except Exception:
                 log.exception("retention failed")
         if parent_pid is not None and os.getppid() != parent_pid:
@@ -280,8 +289,9 @@ class LogServer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Headwater's embedded log server")
     parser.add_argument("settings", help="ServerSettings as JSON")
-    parser.add_argument("--parent", type=int, default=None,
-                        help="exit when this process is no longer our parent")
+    parser.add_argument(
+        "--parent", type=int, default=None, help="exit when this process is no longer our parent"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s logd %(levelname)s %(message)s")
     settings = msgspec.json.decode(args.settings, type=ServerSettings)

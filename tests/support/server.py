@@ -1,0 +1,148 @@
+"""A real `headwater up` in a subprocess, on a free loopback port and a temporary data dir."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from headwater.log.embedded import EmbeddedLogReader
+
+ADMIN_TOKEN = "hwadm_test_token"
+WRITE_KEY = "wk_test_web_1"
+OTHER_KEY = "wk_test_app_1"
+
+CONFIG = f"""
+workspaces:
+  - name: test
+    sources:
+      - name: web
+        write_keys: [{WRITE_KEY}]
+      - name: app
+        write_keys: [{OTHER_KEY}]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+class HeadwaterServer:
+    """Start, stop, kill and restart `headwater up`; read what it stored."""
+
+    def __init__(self, root: Path, config: str = CONFIG, workers: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.config_path = root / "headwater.yaml"
+        self.config_path.write_text(config)
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "HEADWATER_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "server.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "headwater.cli.main", "up", "--config", str(self.config_path),
+             "--data", str(self.data), "--port", str(self.port),
+             "--workers", str(self.workers)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"headwater up exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"headwater up not ready: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Graceful stop (SIGTERM), as an operator would."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the server (gateway workers and the log server)."""
+        if self.proc is None:
+            return
+        pids = _descendants(self.proc.pid) + [self.proc.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        _wait_gone(pids)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every stored message (stamped), oldest first per partition."""
+        reader = EmbeddedLogReader(self.data / "log" / "ingest")
+        try:
+            out: list[dict[str, Any]] = []
+            for p in range(reader.partitions):
+                offset = 0
+                while True:
+                    batches = reader.read(p, offset)
+                    if not batches:
+                        break
+                    for batch in batches:
+                        for record in batch.records:
+                            msg = msgspec.json.decode(record.message)
+                            msg["__source_id"] = record.source_id
+                            out.append(msg)
+                        offset = batch.end_offset
+            return out
+        finally:
+            reader.close()
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0, **kw)
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in children:
+        out.append(int(child))
+        out.extend(_descendants(int(child)))
+    return out
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
+            if "State:\tZ" in status:
+                break
+            time.sleep(0.05)
