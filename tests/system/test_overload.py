@@ -1,0 +1,115 @@
+"""When the log cannot take more, clients are told to retry later and nothing is half-stored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from tests.support.server import CONFIG, WRITE_KEY, HeadwaterServer, basic
+
+
+def _batch(run: str, n: int, size: int = 200) -> tuple[list[str], dict[str, object]]:
+    ids = [f"{run}-{n}-{i}" for i in range(100)]
+    body = {"batch": [{"type": "track", "event": "E", "userId": "u", "messageId": mid,
+                       "properties": {"pad": "x" * size}} for mid in ids]}
+    return ids, body
+
+
+def test_writer_behind_gets_429_with_retry_after(tmp_path: Path) -> None:
+    server = HeadwaterServer(tmp_path, config=CONFIG + "log: {max_pending_bytes: 64KB}\n")
+    server.start()
+    try:
+        run = uuid.uuid4().hex[:8]
+        statuses: Counter[int] = Counter()
+        acked: list[str] = []
+        refused: list[httpx.Response] = []
+        lock = threading.Lock()
+
+        def client(c: int) -> None:
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                for n in range(30):
+                    ids, body = _batch(run, c * 1000 + n)
+                    r = http.post("/v1/batch", json=body,
+                                  headers={"Authorization": basic(WRITE_KEY)})
+                    with lock:
+                        statuses[r.status_code] += 1
+                        if r.status_code == 200:
+                            acked.extend(ids)
+                        else:
+                            refused.append(r)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses[429] > 0, "a 64 KB in-flight bound under 16 concurrent 30 KB batches"
+        assert statuses[200] > 0
+        for r in refused:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["code"] == "overloaded" and r.json()["message"]
+        stored = Counter(m["messageId"] for m in server.messages()
+                         if m["messageId"].startswith(run))
+        assert set(stored) == set(acked), "a refused request must store nothing"
+        assert all(n == 1 for n in stored.values())
+    finally:
+        server.stop()
+
+
+def test_disk_below_floor_gets_503_and_stores_nothing(tmp_path: Path) -> None:
+    server = HeadwaterServer(tmp_path, config=CONFIG + "log: {min_free_disk: 1000TB}\n")
+    server.start()
+    try:
+        run = uuid.uuid4().hex[:8]
+        ids, body = _batch(run, 0)
+        with server.client() as http:
+            r = http.post("/v1/batch", json=body, headers={"Authorization": basic(WRITE_KEY)})
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert r.json()["code"] == "log_unavailable"
+        assert "disk" in r.json()["message"]
+        assert not [m for m in server.messages() if m["messageId"] in ids]
+    finally:
+        server.stop()
+
+
+def test_log_server_down_gets_503_then_recovers(fresh_server: HeadwaterServer) -> None:
+    fresh_server.start()
+    run = uuid.uuid4().hex[:8]
+    logd = [pid for pid in _children(fresh_server) if b"headwater.log.embedded" in _cmdline(pid)]
+    assert len(logd) == 1
+    os.kill(logd[0], signal.SIGKILL)
+    saw_503 = False
+    deadline = time.monotonic() + 20
+    with fresh_server.client() as http:
+        while time.monotonic() < deadline:
+            r = http.post("/v1/track", json={"userId": "u", "event": "E", "messageId": run},
+                          headers={"Authorization": basic(WRITE_KEY)})
+            if r.status_code == 503:
+                saw_503 = True
+                assert r.headers.get("retry-after")
+                assert r.json()["code"] == "log_unavailable"
+            elif r.status_code == 200:
+                break
+            time.sleep(0.05)
+    assert saw_503, "while the log server is down, requests are refused with 503"
+    assert r.status_code == 200, "the log server is restarted and the gateway reconnects"
+    assert [m for m in fresh_server.messages() if m["messageId"] == run]
+
+
+def _children(server: HeadwaterServer) -> list[int]:
+    assert server.proc is not None
+    text = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
