@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -30,7 +30,7 @@ def parse_size(value: int | str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b?)\s*", value.lower())
     if not m:
         raise ValueError(f"not a size: {value!r} (use e.g. 512KB, 64MB, 10GB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).rstrip("b")])
 
 
 def parse_duration(value: int | float | str) -> float:
@@ -104,6 +104,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raw: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {p}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
     if raw is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headwater.config import Config
-from headwater.control.store import MANAGED_BY_CONFIG, ControlStore, Source
+from headwater.control.store import MANAGED_BY_CONFIG, ControlError, ControlStore, Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,24 +23,26 @@ class AppliedConfig:
 
 
 def apply_config(store: ControlStore, config: Config) -> AppliedConfig:
+    """Make the control plane match the file (see the module docstring)."""
     declared_ids: set[str] = set()
     applied: list[Source] = []
     for ws_conf in config.workspaces:
         ws = store.ensure_workspace(ws_conf.name, managed_by=MANAGED_BY_CONFIG)
         for src_conf in ws_conf.sources:
             ref = f"{ws.name}/{src_conf.name}"
-            existing = [s for s in store.list_sources(ws.name) if s.name == src_conf.name]
-            if existing:
-                src = existing[0]
-                if src_conf.write_keys:
-                    store.sync_write_keys(src.id, src_conf.write_keys)
-            else:
+            try:
+                src = store.source(ref)
+            except ControlError as exc:
+                if exc.code != "not_found":
+                    raise
                 src = store.create_source(
                     ws.name,
                     src_conf.name,
-                    write_keys=src_conf.write_keys or None,
+                    write_keys=[] if src_conf.write_keys else None,
                     managed_by=MANAGED_BY_CONFIG,
                 )
+            if src_conf.write_keys:
+                store.sync_write_keys(src.id, src_conf.write_keys)
             if src.enabled != src_conf.enabled:
                 store.set_source_enabled(ref, src_conf.enabled)
             declared_ids.add(src.id)

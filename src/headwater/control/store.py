@@ -196,10 +196,10 @@ class ControlStore:
         write_keys: list[str] | None = None,
         managed_by: str = MANAGED_BY_API,
     ) -> Source:
-        """Create a source with the given write keys, or one new key if none are given."""
+        """Create a source with the given write keys (`None`: one new key; `[]`: none yet)."""
         _check_name(name, "source")
         ws = self.workspace(workspace)
-        keys = write_keys or [new_write_key()]
+        keys = [new_write_key()] if write_keys is None else write_keys
         with self._tx():
             if self._conn.execute(
                 "SELECT 1 FROM sources WHERE workspace_id=? AND name=?", (ws.id, name)
@@ -290,15 +290,19 @@ class ControlStore:
                 raise ControlError("no such write key", status=404, code="not_found")
 
     def sync_write_keys(self, source_id: str, keys: list[str]) -> None:
-        """Make the config-managed keys of a source exactly `keys` (others of the config off)."""
+        """Make the config-managed keys of a source exactly `keys` (others of the config off).
+
+        A key the config gave another source moves here (a source renamed in the file keeps
+        its key); a key created through the API or CLI for another source is a conflict.
+        """
         with self._tx():
             for key in keys:
                 row = self._conn.execute(
-                    "SELECT source_id FROM write_keys WHERE key=?", (key,)
+                    "SELECT source_id, managed_by FROM write_keys WHERE key=?", (key,)
                 ).fetchone()
                 if row is None:
                     self._insert_key(source_id, key, MANAGED_BY_CONFIG)
-                elif row[0] != source_id:
+                elif row[0] != source_id and row[1] != MANAGED_BY_CONFIG:
                     raise ControlError(
                         f"write key {key!r} already belongs to another source",
                         status=409,
@@ -306,7 +310,9 @@ class ControlStore:
                     )
                 else:
                     self._conn.execute(
-                        "UPDATE write_keys SET disabled=0, expires_ms=NULL WHERE key=?", (key,)
+                        "UPDATE write_keys SET source_id=?, disabled=0, expires_ms=NULL, "
+                        "managed_by=? WHERE key=?",
+                        (source_id, MANAGED_BY_CONFIG, key),
                     )
             marks = ",".join("?" * len(keys)) or "''"
             self._conn.execute(

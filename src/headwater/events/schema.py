@@ -141,6 +141,9 @@ class BodyError(Exception):
         self.code = code
 
 
+TOO_DEEP = "the body is nested too deeply"
+
+
 def decode_envelope(body: bytes) -> Envelope:
     """Decode a batch body; its messages are left as raw bytes."""
     try:
@@ -149,6 +152,8 @@ def decode_envelope(body: bytes) -> Envelope:
         raise BodyError("bad_request", f"the body is not a batch: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BodyError("invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("bad_request", TOO_DEEP) from None
     if envelope.batch is UNSET or envelope.batch is None:
         raise BodyError("empty_batch", "the body has no `batch` array")
     return envelope
@@ -159,7 +164,7 @@ def decode_checks(body: bytes) -> list[Check] | None:
     is not well-typed (then each must be looked at on its own, see `decode_for_check`)."""
     try:
         return _checked_batch_decoder.decode(body).batch
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         return None
 
 
@@ -167,16 +172,20 @@ def decode_for_check(raw: Raw | bytes) -> tuple[Any, bool]:
     """One message for checking: (`Check`, False) when well-typed, else (`LenientMessage`,
     True) to go through `validate.coerce`, or (None, True) when it is not an object.
 
-    Raises `msgspec.DecodeError` when `raw` is not JSON at all.
+    Raises `msgspec.DecodeError` when `raw` is not JSON at all (or nested too deeply).
     """
     try:
         return _check_decoder.decode(raw), False
     except msgspec.ValidationError:
         pass
+    except RecursionError:
+        raise msgspec.DecodeError(TOO_DEEP) from None
     try:
         return _lenient_decoder.decode(raw), True
     except msgspec.ValidationError:
         return None, True
+    except RecursionError:
+        raise msgspec.DecodeError(TOO_DEEP) from None
 
 
 def decode_message(raw: Raw | bytes) -> Item:

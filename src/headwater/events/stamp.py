@@ -123,7 +123,8 @@ class Stamper:
                 msg.context = Raw(ip_prefix + b"}")
             else:
                 raw = bytes(context)
-                if raw[:2] == b'{"' and b'"ip"' not in raw:  # no ip key: splice one in
+                if raw[:2] == b'{"' and b'"ip"' not in raw and b"\\u" not in raw:
+                    # certainly no ip key (not even spelled with escapes): splice one in
                     msg.context = Raw(ip_prefix + b"," + raw[1:])
                 else:
                     _add_ip_slowly(msg, raw, ip_prefix)
@@ -138,7 +139,7 @@ class Stamper:
         elif self._skew is None:
             result = client_ts
         else:
-            result = Raw(_encoder.encode(ts + self._skew))
+            result = Raw(_encoder.encode((ts + self._skew).astimezone(UTC)))
         if type(client_ts) is str:
             self._corrected[client_ts] = result
         return result
@@ -158,7 +159,8 @@ def _add_ip_slowly(msg: Any, raw: bytes, ip_prefix: bytes) -> None:
     fields = decode_object(Raw(raw))
     if fields is None:  # validation rejects this before a message is stored
         raise Dropped(reasons.BAD_REQUEST, "context must be an object")
-    if "ip" not in fields:
+    ip = fields.get("ip")
+    if ip is None or bytes(ip) == b"null":  # absent or null: the client sent no address
         fields["ip"] = Raw(ip_prefix[6:])
         msg.context = Raw(_encoder.encode(fields))
 

@@ -61,7 +61,7 @@ def coerce(msg: Any, path_type: str | None) -> None:
 
     Numbers used as ids become strings (as RudderStack does) instead of dropping the message.
     """
-    if path_type is None and msg.type not in MESSAGE_TYPES:
+    if path_type is None and (type(msg.type) is not str or msg.type not in MESSAGE_TYPES):
         raise Dropped(reasons.BAD_REQUEST, f"type must be one of {sorted(MESSAGE_TYPES)}")
     msg.userId = _as_id(msg.userId, "userId")
     msg.anonymousId = _as_id(msg.anonymousId, "anonymousId")

@@ -80,16 +80,27 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
             "unsupported_encoding",
             f"Content-Encoding {encoding!r} is not supported (use gzip)",
         )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise HttpError(400, "invalid_encoding", f"the body is not valid {encoding}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise too_large(limit)
-    if not inflater.eof:
-        raise HttpError(400, "invalid_encoding", f"the {encoding} body is truncated")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:  # a gzip body may be several members one after another (RFC 1952)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error:
+            raise HttpError(400, "invalid_encoding", f"the body is not valid {encoding}") from None
+        size += len(out)
+        if size > limit or inflater.unconsumed_tail:
+            raise too_large(limit)
+        if not inflater.eof:
+            raise HttpError(400, "invalid_encoding", f"the {encoding} body is truncated")
+        parts.append(out)
+        rest = inflater.unused_data
+        if not rest or wbits == zlib.MAX_WBITS:
+            break
+    if rest:
+        raise HttpError(400, "invalid_encoding", f"data after the end of the {encoding} body")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def basic_auth_key(header: str | None) -> str | None:
