@@ -3,11 +3,11 @@
 A segment file is a sequence of frames, one per record batch:
 
     magic "HWB1" | partition u32 | base_offset u64 | count u32 | length u32 | created_ms u64
-    | crc32 u32 | payload (length bytes: the record batch)
+    | checksum u64 (xxh3-64 of the payload) | payload (length bytes: the record batch)
 
 The index is committed without its own fsync; only the segment is fsynced before an
 acknowledgement. After a power loss the index may therefore miss the last commits, and
-`recover_tail` re-indexes them from the frames (checked by magic, CRC and offset continuity).
+`recover_tail` re-indexes them from the frames (checked by magic, checksum and offset continuity).
 Writers always write at the index's end of the segment, so a frame left by a writer that died
 before committing is overwritten by the next commit and never accumulates.
 """
@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
-import zlib
 from dataclasses import dataclass
 
+import xxhash
+
 MAGIC = b"HWB1"
-_HEADER = struct.Struct("<4sIQIIQI")
+_HEADER = struct.Struct("<4sIQIIQQ")
 HEADER_SIZE = _HEADER.size
 
 
@@ -32,19 +33,21 @@ class FrameHeader:
     count: int
     length: int
     created_ms: int
-    crc: int
+    checksum: int
 
 
 def encode_header(
     partition: int, base_offset: int, count: int, chunks: list[bytes], created_ms: int
 ) -> tuple[bytes, int]:
     """The header for a payload made of `chunks`, and the payload's length."""
-    crc = 0
+    digest = xxhash.xxh3_64()
     length = 0
     for chunk in chunks:
-        crc = zlib.crc32(chunk, crc)
+        digest.update(chunk)
         length += len(chunk)
-    header = _HEADER.pack(MAGIC, partition, base_offset, count, length, created_ms, crc)
+    header = _HEADER.pack(
+        MAGIC, partition, base_offset, count, length, created_ms, digest.intdigest()
+    )
     return header, length
 
 
@@ -52,10 +55,10 @@ def decode_header(data: bytes) -> FrameHeader | None:
     """The header at the start of `data`, or None if it is not one."""
     if len(data) < HEADER_SIZE:
         return None
-    magic, partition, base, count, length, created, crc = _HEADER.unpack_from(data)
+    magic, partition, base, count, length, created, checksum = _HEADER.unpack_from(data)
     if magic != MAGIC:
         return None
-    return FrameHeader(partition, base, count, length, created, crc)
+    return FrameHeader(partition, base, count, length, created, checksum)
 
 
 def recover_tail(conn: sqlite3.Connection, fd: int, segment: int, indexed_end: int) -> int:
@@ -75,7 +78,7 @@ def recover_tail(conn: sqlite3.Connection, fd: int, segment: int, indexed_end: i
         if payload_at + header.length > size:
             break
         payload = os.pread(fd, header.length, payload_at)
-        if zlib.crc32(payload) != header.crc:
+        if xxhash.xxh3_64_intdigest(payload) != header.checksum:
             break
         end = header.base_offset + header.count
         rows.append(
