@@ -129,6 +129,8 @@ class SegmentAppender:
         counts = [0] * partitions
         for runs in groups:
             for run in runs:
+                if not 0 <= run.partition < partitions:
+                    raise ValueError(f"no partition {run.partition}: the log has {partitions}")
                 merged[run.partition].append(run.payload)
                 counts[run.partition] += run.count
         try:
@@ -268,29 +270,41 @@ class SegmentAppender:
             self._unsynced.discard(segment)
 
     def _recover(self) -> int:
-        """Index frames a crash left beyond the index's end of the newest segment."""
+        """Index frames a crash left outside the index: past its end of the newest segment it
+        knows, and in newer segment files it does not know (lost commits that rolled to a new
+        segment). Returns the bytes recovered."""
         conn = self._conn
+        recovered = 0
         with self._files.write_lock():
-            row = conn.execute(
-                "SELECT segment, bytes FROM segments ORDER BY segment DESC LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return 0
-            segment, end = int(row[0]), int(row[1])
-            path = self._files.segment_path(segment)
-            if not path.exists():
-                return 0
-            fd = os.open(path, os.O_RDONLY)
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    new_end = recover_tail(conn, fd, segment, end)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            finally:
-                os.close(fd)
-        if new_end > end:
-            log.warning("recovered %d bytes of log frames missing from the index", new_end - end)
-        return new_end - end
+                row = conn.execute(
+                    "SELECT segment, bytes FROM segments ORDER BY segment DESC LIMIT 1"
+                ).fetchone()
+                newest = int(row[0]) if row else 0
+                todo: list[tuple[int, int | None]] = [(newest, int(row[1]))] if row else []
+                todo += [(n, None) for n in self._files.segment_numbers() if n > newest]
+                for segment, start in todo:
+                    path = self._files.segment_path(segment)
+                    if not path.exists():
+                        continue
+                    if start is None:  # a segment file the index never heard of
+                        now = self._clock_ms()
+                        conn.execute("INSERT INTO segments VALUES(?,?,?,0)", (segment, now, now))
+                        conn.execute(
+                            "UPDATE meta SET value = max(value, ?) WHERE key='next_segment'",
+                            (segment + 1,),
+                        )
+                        start = 0
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        recovered += recover_tail(conn, fd, segment, start) - start
+                    finally:
+                        os.close(fd)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if recovered:
+            log.warning("recovered %d bytes of log frames missing from the index", recovered)
+        return recovered

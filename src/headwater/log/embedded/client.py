@@ -24,15 +24,25 @@ class LogClient(asyncio.Protocol):
 
     Requests made in one loop iteration leave in one write. While the server cannot be
     reached, `append` fails at once with `LogUnavailable` and a background task reconnects.
+    A server that is alive but has not acknowledged a request within `ack_timeout` seconds is
+    treated as gone: the connection is dropped, so every waiting request fails (and is retried
+    by its client) instead of hanging.
     """
 
-    def __init__(self, path: str, max_pending_bytes: int, reconnect_every: float = 0.2) -> None:
+    def __init__(
+        self,
+        path: str,
+        max_pending_bytes: int,
+        reconnect_every: float = 0.2,
+        ack_timeout: float = 30.0,
+    ) -> None:
         self.path = path
         self.max_pending_bytes = max_pending_bytes
         self.reconnect_every = reconnect_every
+        self.ack_timeout = ack_timeout
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader(self._on_frame)
-        self._waiters: dict[int, tuple[asyncio.Future[None], int]] = {}
+        self._waiters: dict[int, tuple[asyncio.Future[None], int, float]] = {}
         self._inflight = 0
         self._next_id = 1
         self._out: list[bytearray] = []
@@ -74,11 +84,19 @@ class LogClient(asyncio.Protocol):
         return self._inflight
 
     async def _connect_forever(self) -> None:
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
         while not self._closed:
             if self._transport is None:
                 with contextlib.suppress(OSError):
-                    await self._loop.create_unix_connection(lambda: self, self.path)
+                    await loop.create_unix_connection(lambda: self, self.path)
+            elif self._waiters:
+                _fut, _n, sent = next(iter(self._waiters.values()))  # the oldest
+                if loop.time() - sent > self.ack_timeout:
+                    log.error(
+                        "the log server has not answered for %.0fs; reconnecting", self.ack_timeout
+                    )
+                    self._transport.abort()
             await asyncio.sleep(self.reconnect_every)
 
     # -- appending ----------------------------------------------------------------------------
@@ -93,7 +111,7 @@ class LogClient(asyncio.Protocol):
         request_id = self._next_id
         self._next_id += 1
         fut: asyncio.Future[None] = loop.create_future()
-        self._waiters[request_id] = (fut, nbytes)
+        self._waiters[request_id] = (fut, nbytes, loop.time())
         self._inflight += nbytes
         self._out.append(encode_request(request_id, runs))
         if not self._flush_scheduled:
@@ -145,7 +163,7 @@ class LogClient(asyncio.Protocol):
     def _fail_all(self, error: LogError) -> None:
         waiters, self._waiters = self._waiters, {}
         self._inflight = 0
-        for fut, _n in waiters.values():
+        for fut, _n, _sent in waiters.values():
             if not fut.done():
                 fut.set_exception(error)
 

@@ -100,5 +100,8 @@ def recover_tail(conn: sqlite3.Connection, fd: int, segment: int, indexed_end: i
             "UPDATE partitions SET next_offset=? WHERE partition=?",
             [(end, p) for p, end in next_offsets.items()],
         )
-        conn.execute("UPDATE segments SET bytes=? WHERE segment=?", (position, segment))
+        conn.execute(
+            "UPDATE segments SET bytes=?, last_ms=max(last_ms, ?) WHERE segment=?",
+            (position, max(row[3] for row in rows), segment),
+        )
     return position

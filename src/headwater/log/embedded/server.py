@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from headwater.log.base import LogError
+from headwater.log.base import LogError, LogUnavailable
 from headwater.log.embedded.appender import AppendSettings, FsyncPolicy, SegmentAppender
 from headwater.log.embedded.protocol import (
     FrameReader,
@@ -101,7 +101,11 @@ class LogServer:
             raise AlreadyRunning(
                 f"another Headwater process is already writing the log at {self.root}"
             ) from None
-        self.appender = SegmentAppender(self.root, settings.append_settings())
+        try:
+            self.appender = SegmentAppender(self.root, settings.append_settings())
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self.path = socket_path(self.root)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -199,6 +203,12 @@ class LogServer:
 
     def _on_frame(self, conn: _Conn, frame: memoryview) -> None:
         request_id, runs = request_decoder.decode(frame)
+        partitions = self.settings.partitions
+        if any(not 0 <= p < partitions or n < 1 for p, n, _payload in runs):
+            message = f"a run names a partition outside 0..{partitions - 1} or has no records"
+            conn.out += encode_response([], [(request_id, 503, "log_unavailable", message, 5)])
+            self._flush(conn)
+            return
         self._pending.append(
             _Pending(
                 conn,
@@ -245,6 +255,9 @@ class LogServer:
             self.appender.commit(item.runs for item in group)
         except LogError as exc:
             error = exc
+        except Exception as exc:  # a bug must fail this group, never the server
+            log.exception("commit failed")
+            error = LogUnavailable(f"log commit failed: {exc}", retry_after=1)
         replies: dict[_Conn, tuple[list[int], list[tuple[int, int, str, str, int]]]] = {}
         for item in group:
             ok, failed = replies.setdefault(item.conn, ([], []))

@@ -60,6 +60,10 @@ class LogFiles:
     def segment_path(self, segment: int) -> Path:
         return self.segments_dir / f"{segment:012d}.seg"
 
+    def segment_numbers(self) -> list[int]:
+        """The numbers of the segment files on disk, in order."""
+        return sorted(int(p.stem) for p in self.segments_dir.glob("*.seg") if p.stem.isdigit())
+
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
         """Hold the log's exclusive write lock (blocks in the kernel, releases the GIL)."""
@@ -91,6 +95,15 @@ def open_log(root: Path, partitions: int) -> LogFiles:
     """Create the log if needed and check its partition count; returns its files."""
     files = LogFiles(root)
     files.segments_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _initialise(files, root, partitions)
+    except BaseException:
+        files.close()
+        raise
+    return files
+
+
+def _initialise(files: LogFiles, root: Path, partitions: int) -> None:
     with files.write_lock():
         conn = connect(files)
         try:
@@ -111,7 +124,6 @@ def open_log(root: Path, partitions: int) -> LogFiles:
                 )
         finally:
             conn.close()
-    return files
 
 
 def stored_partitions(root: Path) -> int:
