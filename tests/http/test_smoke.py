@@ -10,8 +10,11 @@ from tests.support.server import WRITE_KEY, HeadwaterServer, basic
 def test_track_is_acknowledged_and_stored(server: HeadwaterServer) -> None:
     mid = f"smoke-{uuid.uuid4()}"
     with server.client() as http:
-        r = http.post("/v1/track", json={"userId": "u1", "event": "Signed Up", "messageId": mid},
-                      headers={"Authorization": basic(WRITE_KEY)})
+        r = http.post(
+            "/v1/track",
+            json={"userId": "u1", "event": "Signed Up", "messageId": mid},
+            headers={"Authorization": basic(WRITE_KEY)},
+        )
     assert r.status_code == 200
     assert r.json() == {"success": True}
     stored = [m for m in server.messages() if m["messageId"] == mid]
