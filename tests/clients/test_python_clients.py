@@ -25,23 +25,32 @@ def _send_all(client: Any, run: str, users: int) -> dict[str, dict[str, Any]]:
     for i in range(users):
         user = f"{run}-user-{i}"
         mid = f"{run}-t-{i}"
-        client.track(user_id=user, event="Order Completed",
-                     properties={"revenue": 10 + i, "currency": "USD", "i": i}, message_id=mid)
+        client.track(
+            user_id=user,
+            event="Order Completed",
+            properties={"revenue": 10 + i, "currency": "USD", "i": i},
+            message_id=mid,
+        )
         sent[mid] = {"type": "track", "userId": user, "event": "Order Completed"}
         mid = f"{run}-i-{i}"
-        client.identify(user_id=user, traits={"email": f"{user}@example.com", "plan": "pro"},
-                        message_id=mid)
+        client.identify(
+            user_id=user, traits={"email": f"{user}@example.com", "plan": "pro"}, message_id=mid
+        )
         sent[mid] = {"type": "identify", "userId": user}
         mid = f"{run}-p-{i}"
-        client.page(user_id=user, category="Docs", name="Getting Started",
-                    properties={"url": "https://example.com/docs"}, message_id=mid)
+        client.page(
+            user_id=user,
+            category="Docs",
+            name="Getting Started",
+            properties={"url": "https://example.com/docs"},
+            message_id=mid,
+        )
         sent[mid] = {"type": "page", "userId": user, "name": "Getting Started"}
         mid = f"{run}-s-{i}"
         client.screen(user_id=user, category="App", name="Home", message_id=mid)
         sent[mid] = {"type": "screen", "userId": user, "name": "Home"}
         mid = f"{run}-g-{i}"
-        client.group(user_id=user, group_id=f"{run}-org", traits={"name": "Acme"},
-                     message_id=mid)
+        client.group(user_id=user, group_id=f"{run}-org", traits={"name": "Acme"}, message_id=mid)
         sent[mid] = {"type": "group", "userId": user, "groupId": f"{run}-org"}
         mid = f"{run}-a-{i}"
         client.alias(previous_id=f"{run}-anon-{i}", user_id=user, message_id=mid)
@@ -51,8 +60,9 @@ def _send_all(client: Any, run: str, users: int) -> dict[str, dict[str, Any]]:
     return sent
 
 
-def _check_arrived_once(server: HeadwaterServer, sent: dict[str, dict[str, Any]],
-                        started: datetime) -> list[dict[str, Any]]:
+def _check_arrived_once(
+    server: HeadwaterServer, sent: dict[str, dict[str, Any]], started: datetime
+) -> list[dict[str, Any]]:
     stored = [m for m in server.messages() if m.get("messageId") in sent]
     counts = Counter(m["messageId"] for m in stored)
     assert set(counts) == set(sent), f"missing: {sorted(set(sent) - set(counts))[:5]}"
@@ -73,8 +83,14 @@ def _check_arrived_once(server: HeadwaterServer, sent: dict[str, dict[str, Any]]
 def test_segment_analytics_python(server: HeadwaterServer, gzip: bool) -> None:
     run = f"segpy-{uuid.uuid4().hex[:8]}"
     errors: list[Any] = []
-    client = SegmentClient(WRITE_KEY, host=server.url, gzip=gzip, max_retries=3,
-                           on_error=lambda e, batch: errors.append(e), upload_size=50)
+    client = SegmentClient(
+        WRITE_KEY,
+        host=server.url,
+        gzip=gzip,
+        max_retries=3,
+        on_error=lambda e, batch: errors.append(e),
+        upload_size=50,
+    )
     started = datetime.now(UTC).replace(microsecond=0)
     sent = _send_all(client, run, users=40)
     assert errors == []
@@ -89,8 +105,14 @@ def test_segment_analytics_python(server: HeadwaterServer, gzip: bool) -> None:
 def test_rudder_sdk_python(server: HeadwaterServer, gzip: bool) -> None:
     run = f"rudpy-{uuid.uuid4().hex[:8]}"
     errors: list[Any] = []
-    client = RudderClient(WRITE_KEY, host=server.url, gzip=gzip, max_retries=3,
-                          on_error=lambda e, batch: errors.append(e), upload_size=50)
+    client = RudderClient(
+        WRITE_KEY,
+        host=server.url,
+        gzip=gzip,
+        max_retries=3,
+        on_error=lambda e, batch: errors.append(e),
+        upload_size=50,
+    )
     started = datetime.now(UTC).replace(microsecond=0)
     sent = _send_all(client, run, users=40)
     assert errors == []
@@ -102,8 +124,9 @@ def test_rudder_sdk_python(server: HeadwaterServer, gzip: bool) -> None:
 
 def test_segment_client_gets_a_clear_error_for_an_unknown_key(server: HeadwaterServer) -> None:
     errors: list[Any] = []
-    client = SegmentClient("wk_not_a_key", host=server.url, max_retries=0,
-                           on_error=lambda e, batch: errors.append(e))
+    client = SegmentClient(
+        "wk_not_a_key", host=server.url, max_retries=0, on_error=lambda e, batch: errors.append(e)
+    )
     mid = f"unknown-key-{uuid.uuid4()}"
     client.track(user_id="u", event="E", message_id=mid)
     client.flush()

@@ -182,12 +182,6 @@ def test_list_and_get_sources(server: HeadwaterServer) -> None:
     assert admin(server, "GET", f"/sources/{source['id']}").json() == source
 
 
-@pytest.mark.xfail(
-    reason="BUG: docs/API.md says sources are addressed 'by id or by workspace%2Fname', but the "
-    "server decodes %2F to '/' before the admin router splits the path, so "
-    "GET /admin/v1/sources/test%2Fweb is 404 'no such admin endpoint' (only %252F works)",
-    strict=True,
-)
 def test_a_source_can_be_addressed_as_workspace_slash_name(server: HeadwaterServer) -> None:
     r = admin(server, "GET", "/sources/test%2Fweb")
     assert r.status_code == 200, r.text
@@ -293,12 +287,6 @@ def test_key_changes_reach_every_gateway_worker(alt_server: HeadwaterServer) -> 
     assert [send(alt_server, new) for _ in range(10)] == [200] * 10
 
 
-@pytest.mark.xfail(
-    reason="BUG: with several gateway workers, a key just created or rotated in is 401 on the "
-    "workers that did not answer the admin request until their next 1 s refresh; clients do "
-    "not retry 401, so their first events are lost (KeyCache.lookup could refresh on a miss)",
-    strict=True,
-)
 def test_a_new_key_works_at_once_on_every_worker(alt_server: HeadwaterServer) -> None:
     statuses = []
     for _ in range(3):
@@ -309,32 +297,26 @@ def test_a_new_key_works_at_once_on_every_worker(alt_server: HeadwaterServer) ->
     assert statuses == [200] * len(statuses)
 
 
-@pytest.mark.xfail(
-    reason='BUG: POST /admin/v1/sources/<id>/rotate {"grace_seconds": 1e20} is 500 '
-    "internal_error: the expiry overflows SQLite's INTEGER (OverflowError in "
-    "ControlStore.rotate_write_key) instead of a 400 bad_request",
-    strict=True,
-)
 def test_an_absurd_grace_period_is_a_client_error(server: HeadwaterServer) -> None:
     source = new_source(server)
     r = admin(server, "POST", f"/sources/{source['id']}/rotate", json={"grace_seconds": 1e20})
-    assert r.status_code < 500, r.text
-    if r.status_code != 200:
-        assert_error(r, 400)
+    assert_error(r, 400)
     key = source["write_keys"][0]["key"]
-    assert send(server, key) == 200  # still usable either way
+    assert send(server, key) == 200  # nothing changed
 
 
-@pytest.mark.xfail(
-    reason="BUG: a write key containing '/' is accepted when a source is created, but "
-    "DELETE /admin/v1/sources/<id>/write-keys/<key> can never reach it (404 'no such admin "
-    "endpoint', with '/' or '%2F'): the path is decoded before it is split",
-    strict=True,
-)
+def test_a_write_key_that_could_not_be_addressed_is_refused(server: HeadwaterServer) -> None:
+    """Keys travel in URL paths (settings, revocation): a '/' in one is refused up front."""
+    ws = unique("ws")
+    assert admin(server, "POST", "/workspaces", json={"name": ws}).status_code == 201
+    body = {"workspace": ws, "name": "web", "write_keys": [unique("wk_with/slash")]}
+    assert_error(admin(server, "POST", "/sources", json=body), 400)
+
+
 def test_every_write_key_the_api_accepts_can_be_revoked(server: HeadwaterServer) -> None:
-    key = unique("wk_with/slash")
+    key = unique("wk_revocable")
     source = new_source(server, write_keys=[key])
     assert send(server, key) == 200
-    r = admin(server, "DELETE", f"/sources/{source['id']}/write-keys/{key.replace('/', '%2F')}")
+    r = admin(server, "DELETE", f"/sources/{source['id']}/write-keys/{key}")
     assert r.status_code == 200, r.text
     wait_for_status(server, key, 401)

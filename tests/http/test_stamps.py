@@ -211,11 +211,6 @@ def test_batch_context_and_integrations_are_merged_with_item_keys_winning(
     assert mb["integrations"] == {"Amplitude": True, "All": True}
 
 
-@pytest.mark.xfail(
-    reason="BUG: a batch whose sentAt is an integer over 2**64 gets 500 internal_error: the "
-    "request stamp is MessagePack-encoded and msgspec raises OverflowError (stamp.encode_stamp)",
-    strict=True,
-)
 def test_a_huge_integer_sent_at_is_not_a_server_error(server: HeadwaterServer) -> None:
     mid = new_id()
     body = '{"sentAt": 123456789012345678901234567890, "batch": [%s]}' % (
@@ -228,14 +223,6 @@ def test_a_huge_integer_sent_at_is_not_a_server_error(server: HeadwaterServer) -
         assert_error(r, r.status_code)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a client timestamp near the ends of the calendar (.NET's DateTime.MinValue "
-    "0001-01-01T00:00:00 from a client whose clock is ahead, or 9999-12-31) is acknowledged "
-    "with 200, but skew correction overflows when the message is read (stamp.Stamper._correct "
-    "/ _skewed raise OverflowError): every reader of the log, server.messages() included, "
-    "crashes on that log batch, and the other messages stored with it become unreadable",
-    strict=True,
-)
 def test_calendar_edge_timestamps_do_not_poison_the_log(fresh_server: HeadwaterServer) -> None:
     fresh_server.start()
     ahead = iso(datetime.now(UTC) + timedelta(seconds=30))  # client clock 30 s ahead

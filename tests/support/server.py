@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -45,8 +46,9 @@ def basic(key: str) -> str:
 class HeadwaterServer:
     """Start, stop, kill and restart `headwater up`; read what it stored."""
 
-    def __init__(self, root: Path, config: str = CONFIG, workers: int = 1,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, config: str = CONFIG, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.data = root / "data"
         self.config_path = root / "headwater.yaml"
@@ -61,10 +63,24 @@ class HeadwaterServer:
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "headwater.cli.main", "up", "--config", str(self.config_path),
-             "--data", str(self.data), "--port", str(self.port),
-             "--workers", str(self.workers)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "headwater.cli.main",
+                "up",
+                "--config",
+                str(self.config_path),
+                "--data",
+                str(self.data),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,12 +108,10 @@ class HeadwaterServer:
         """SIGKILL every process of the server (gateway workers and the log server)."""
         if self.proc is None:
             return
-        pids = _descendants(self.proc.pid) + [self.proc.pid]
+        pids = [*_descendants(self.proc.pid), self.proc.pid]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
         _wait_gone(pids)
 
@@ -142,7 +156,9 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     for pid in pids:
         while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
+            status = (
+                Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}").exists() else ""
+            )
             if "State:\tZ" in status:
                 break
             time.sleep(0.05)

@@ -14,17 +14,31 @@ import httpx
 from tests.support.server import OTHER_KEY, WRITE_KEY, HeadwaterServer, basic
 
 
-def hw(server: HeadwaterServer, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def hw(
+    server: HeadwaterServer, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "headwater.cli.main", *args, "--config", str(server.config_path),
-         "--data", str(server.data)],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            sys.executable,
+            "-m",
+            "headwater.cli.main",
+            *args,
+            "--config",
+            str(server.config_path),
+            "--data",
+            str(server.data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
 def _post(server: HeadwaterServer, key: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/track", json=body, headers={"Authorization": basic(key)},
-                      timeout=5)
+    return httpx.post(
+        f"{server.url}/v1/track", json=body, headers={"Authorization": basic(key)}, timeout=5
+    )
 
 
 def _eventually(check: Any, timeout: float = 5.0) -> Any:
@@ -37,8 +51,12 @@ def _eventually(check: Any, timeout: float = 5.0) -> Any:
 
 
 def test_version() -> None:
-    out = subprocess.run([sys.executable, "-m", "headwater.cli.main", "version"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "headwater.cli.main", "version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.startswith("headwater ")
 
 
@@ -54,23 +72,23 @@ def test_sources_lifecycle_while_running(server: HeadwaterServer) -> None:
     assert name in {s["name"] for s in listed}
 
     # the running gateway picks the new key up within its refresh interval
-    assert _eventually(lambda: _post(server, key, {"userId": "u", "event": "E"}).status_code
-                       == 200)
+    assert _eventually(lambda: _post(server, key, {"userId": "u", "event": "E"}).status_code == 200)
 
     rotated = hw(server, "sources", "rotate", f"test/{name}", "--grace", "0", "--json")
     assert rotated.returncode == 0, rotated.stderr
     new_key = json.loads(rotated.stdout)["write_key"]
     assert new_key != key
-    assert _eventually(lambda: _post(server, key, {"userId": "u", "event": "E"}).status_code
-                       == 401)
+    assert _eventually(lambda: _post(server, key, {"userId": "u", "event": "E"}).status_code == 401)
     assert _post(server, new_key, {"userId": "u", "event": "E"}).status_code == 200
 
     assert hw(server, "sources", "disable", f"test/{name}").returncode == 0
-    assert _eventually(lambda: _post(server, new_key, {"userId": "u", "event": "E"}).status_code
-                       == 401)
+    assert _eventually(
+        lambda: _post(server, new_key, {"userId": "u", "event": "E"}).status_code == 401
+    )
     assert hw(server, "sources", "enable", f"test/{name}").returncode == 0
-    assert _eventually(lambda: _post(server, new_key, {"userId": "u", "event": "E"}).status_code
-                       == 200)
+    assert _eventually(
+        lambda: _post(server, new_key, {"userId": "u", "event": "E"}).status_code == 200
+    )
 
 
 def test_sources_errors_are_clear(server: HeadwaterServer) -> None:
@@ -85,10 +103,12 @@ def test_sources_errors_are_clear(server: HeadwaterServer) -> None:
 def test_tail_json_from_start_with_source_filter_and_limit(server: HeadwaterServer) -> None:
     run = uuid.uuid4().hex[:8]
     for i in range(3):
-        assert _post(server, WRITE_KEY, {"userId": "u", "event": f"{run}-web-{i}"}).status_code \
-            == 200
-        assert _post(server, OTHER_KEY, {"userId": "u", "event": f"{run}-app-{i}"}).status_code \
-            == 200
+        assert (
+            _post(server, WRITE_KEY, {"userId": "u", "event": f"{run}-web-{i}"}).status_code == 200
+        )
+        assert (
+            _post(server, OTHER_KEY, {"userId": "u", "event": f"{run}-app-{i}"}).status_code == 200
+        )
     out = hw(server, "tail", "--from-start", "--no-follow", "--json", "--source", "test/app")
     assert out.returncode == 0, out.stderr
     events = [json.loads(line)["event"] for line in out.stdout.splitlines()]
@@ -103,16 +123,30 @@ def test_tail_json_from_start_with_source_filter_and_limit(server: HeadwaterServ
 def test_tail_follows_new_messages(server: HeadwaterServer) -> None:
     run = uuid.uuid4().hex[:8]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "headwater.cli.main", "tail", "--json", "--limit", "2",
-         "--data", str(server.data), "--source", "web"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "headwater.cli.main",
+            "tail",
+            "--json",
+            "--limit",
+            "2",
+            "--data",
+            str(server.data),
+            "--source",
+            "web",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         sent = 0
         deadline = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < deadline:  # until tail has two
-            assert _post(server, WRITE_KEY, {"userId": "u", "event": f"{run}-{sent}"}) \
-                .status_code == 200
+            assert (
+                _post(server, WRITE_KEY, {"userId": "u", "event": f"{run}-{sent}"}).status_code
+                == 200
+            )
             sent += 1
             time.sleep(0.3)
         out, _ = proc.communicate(timeout=5)
@@ -127,8 +161,7 @@ def test_tail_follows_new_messages(server: HeadwaterServer) -> None:
 
 def test_tail_pretty_output_names_the_source(server: HeadwaterServer) -> None:
     run = uuid.uuid4().hex[:8]
-    assert _post(server, WRITE_KEY, {"userId": f"{run}-user", "event": "Pretty"}).status_code \
-        == 200
+    assert _post(server, WRITE_KEY, {"userId": f"{run}-user", "event": "Pretty"}).status_code == 200
     out = hw(server, "tail", "--from-start", "--no-follow", "--source", "web")
     line = next(ln for ln in out.stdout.splitlines() if f"{run}-user" in ln)
     assert "test/web" in line and "track" in line and "Pretty" in line

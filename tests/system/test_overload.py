@@ -17,8 +17,18 @@ from tests.support.server import CONFIG, WRITE_KEY, HeadwaterServer, basic
 
 def _batch(run: str, n: int, size: int = 200) -> tuple[list[str], dict[str, object]]:
     ids = [f"{run}-{n}-{i}" for i in range(100)]
-    body = {"batch": [{"type": "track", "event": "E", "userId": "u", "messageId": mid,
-                       "properties": {"pad": "x" * size}} for mid in ids]}
+    body = {
+        "batch": [
+            {
+                "type": "track",
+                "event": "E",
+                "userId": "u",
+                "messageId": mid,
+                "properties": {"pad": "x" * size},
+            }
+            for mid in ids
+        ]
+    }
     return ids, body
 
 
@@ -36,8 +46,9 @@ def test_writer_behind_gets_429_with_retry_after(tmp_path: Path) -> None:
             with httpx.Client(base_url=server.url, timeout=10) as http:
                 for n in range(30):
                     ids, body = _batch(run, c * 1000 + n)
-                    r = http.post("/v1/batch", json=body,
-                                  headers={"Authorization": basic(WRITE_KEY)})
+                    r = http.post(
+                        "/v1/batch", json=body, headers={"Authorization": basic(WRITE_KEY)}
+                    )
                     with lock:
                         statuses[r.status_code] += 1
                         if r.status_code == 200:
@@ -56,8 +67,9 @@ def test_writer_behind_gets_429_with_retry_after(tmp_path: Path) -> None:
         for r in refused:
             assert r.headers["retry-after"] == "1"
             assert r.json()["code"] == "overloaded" and r.json()["message"]
-        stored = Counter(m["messageId"] for m in server.messages()
-                         if m["messageId"].startswith(run))
+        stored = Counter(
+            m["messageId"] for m in server.messages() if m["messageId"].startswith(run)
+        )
         assert set(stored) == set(acked), "a refused request must store nothing"
         assert all(n == 1 for n in stored.values())
     finally:
@@ -91,8 +103,11 @@ def test_log_server_down_gets_503_then_recovers(fresh_server: HeadwaterServer) -
     deadline = time.monotonic() + 20
     with fresh_server.client() as http:
         while time.monotonic() < deadline:
-            r = http.post("/v1/track", json={"userId": "u", "event": "E", "messageId": run},
-                          headers={"Authorization": basic(WRITE_KEY)})
+            r = http.post(
+                "/v1/track",
+                json={"userId": "u", "event": "E", "messageId": run},
+                headers={"Authorization": basic(WRITE_KEY)},
+            )
             if r.status_code == 503:
                 saw_503 = True
                 assert r.headers.get("retry-after")

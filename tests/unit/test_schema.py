@@ -33,7 +33,7 @@ TRACK = {"type": "track", "userId": "u", "event": "E"}
 
 def test_envelope_keeps_each_message_as_its_own_bytes() -> None:
     body = b'{"batch":[{"type":"track","n":1.10},{"a":[1,2]}],"sentAt":"2024-01-01T00:00:00Z"}'
-    env = decode_envelope(body)
+    env, _ = decode_envelope(body)
     assert [bytes(r) for r in env.batch] == [b'{"type":"track","n":1.10}', b'{"a":[1,2]}']
     assert env.sentAt == "2024-01-01T00:00:00Z"
     assert env.writeKey is None
@@ -43,7 +43,7 @@ def test_envelope_keeps_each_message_as_its_own_bytes() -> None:
 
 def test_envelope_batch_level_fields() -> None:
     body = b'{"batch":[],"writeKey":"wk","context":{"ip":"1.1.1.1"},"integrations":{"All":true}}'
-    env = decode_envelope(body)
+    env, _ = decode_envelope(body)
     assert env.batch == []
     assert env.writeKey == "wk"
     assert bytes(env.context) == b'{"ip":"1.1.1.1"}'
@@ -97,7 +97,7 @@ _json = st.recursive(
 @given(st.dictionaries(st.sampled_from(["batch", "sentAt", "context", "writeKey", "x"]), _json))
 def test_random_json_objects_raise_only_body_error(body: dict[str, object]) -> None:
     try:
-        env = decode_envelope(json.dumps(body).encode())
+        env, _ = decode_envelope(json.dumps(body).encode())
     except BodyError as exc:
         assert exc.code in {"bad_request", "empty_batch"}
     else:
@@ -120,7 +120,7 @@ def test_deeply_nested_single_message_is_a_decode_error() -> None:
 
 
 def test_moderately_nested_json_is_fine() -> None:
-    env = decode_envelope(b'{"batch":[{"properties":{"a":' + _deep(100) + b"}}]}")
+    env, _ = decode_envelope(b'{"batch":[{"properties":{"a":' + _deep(100) + b"}}]}")
     assert len(env.batch) == 1
 
 

@@ -44,6 +44,7 @@ INSERT OR IGNORE INTO settings VALUES('version', '0');
 """
 
 MANAGED_BY_CONFIG = "config"
+MAX_GRACE_SECONDS = 366 * 86400
 MANAGED_BY_API = "api"
 
 
@@ -271,6 +272,8 @@ class ControlStore:
 
     def rotate_write_key(self, ref: str, *, grace_seconds: float = 86400.0) -> tuple[Source, str]:
         """Issue a new write key; the source's other keys stop working after `grace_seconds`."""
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise ControlError(f"the grace period must be 0 to {MAX_GRACE_SECONDS} seconds")
         src = self.source(ref)
         key = new_write_key()
         expires = now_ms() + int(grace_seconds * 1000)
@@ -322,8 +325,10 @@ class ControlStore:
             )
 
     def _insert_key(self, source_id: str, key: str, managed_by: str) -> None:
-        if not key or len(key) > 200 or any(c.isspace() or c == ":" for c in key):
-            raise ControlError(f"invalid write key {key!r}: 1-200 characters, no spaces or ':'")
+        if not key or len(key) > 200 or any(c.isspace() or c in ":/" for c in key):
+            raise ControlError(
+                f"invalid write key {key!r}: 1-200 characters, no spaces, ':' or '/'"
+            )
         try:
             self._conn.execute(
                 "INSERT INTO write_keys VALUES(?,?,?,NULL,0,?)",

@@ -11,6 +11,7 @@ there. A message that fails that strict decode is decoded again as `LenientMessa
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -144,8 +145,46 @@ class BodyError(Exception):
 TOO_DEEP = "the body is nested too deeply"
 
 
-def decode_envelope(body: bytes) -> Envelope:
-    """Decode a batch body; its messages are left as raw bytes."""
+def repair_surrogates(body: bytes) -> bytes | None:
+    """The body with lone UTF-16 surrogate escapes replaced by U+FFFD, or None if that is not
+    what is wrong with it.
+
+    `"\\ud83d"` alone is valid JSON but not valid Unicode; it is what JavaScript's
+    `JSON.stringify` emits for a string cut inside an emoji. Rather than lose a whole batch for
+    one such string, the body is parsed leniently and re-encoded with the replacement character.
+    """
+    if b"\\ud" not in body and b"\\uD" not in body:
+        return None
+    try:
+        value = json.loads(body)
+        return _encoder.encode(_scrub(value))
+    except (ValueError, RecursionError, TypeError, OverflowError):
+        return None
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def decode_envelope(body: bytes) -> tuple[Envelope, bytes]:
+    """Decode a batch body, its messages left as raw bytes; returns the envelope and the body
+    they point into (repaired if it had lone surrogates, see `repair_surrogates`)."""
+    try:
+        return _decode_envelope(body), body
+    except BodyError as exc:
+        repaired = repair_surrogates(body) if exc.code == "invalid_json" else None
+        if repaired is None:
+            raise
+    return _decode_envelope(repaired), repaired
+
+
+def _decode_envelope(body: bytes) -> Envelope:
     try:
         envelope = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -139,7 +139,10 @@ class Stamper:
         elif self._skew is None:
             result = client_ts
         else:
-            result = Raw(_encoder.encode((ts + self._skew).astimezone(UTC)))
+            try:
+                result = Raw(_encoder.encode((ts + self._skew).astimezone(UTC)))
+            except OverflowError:  # the correction leaves the calendar: the clock is nonsense
+                result = self._received_raw
         if type(client_ts) is str:
             self._corrected[client_ts] = result
         return result
@@ -149,7 +152,12 @@ class Stamper:
         if ts is None:
             return self._received_raw
         sent = parse_timestamp(sent_at)
-        return client_ts if sent is None else self._received - (sent - ts)
+        if sent is None:
+            return client_ts
+        try:
+            return self._received - (sent - ts)
+        except OverflowError:  # the correction leaves the calendar: the clock is nonsense
+            return self._received_raw
 
 
 def _add_ip_slowly(msg: Any, raw: bytes, ip_prefix: bytes) -> None:

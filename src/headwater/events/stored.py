@@ -26,18 +26,21 @@ def records_of_run(source_id: str, stamp: bytes | None, messages: bytes) -> list
     stamper = Stamper(decode_stamp(stamp))
     records = []
     for raw in raws:
-        item = decode_message(raw)
-        msg = item.message
         try:
+            item = decode_message(raw)
+            msg = item.message
             if msg is None:
                 raise Dropped("bad_request", item.problem or "not a message")
             if item.lenient:
                 coerce(msg, stamper.path_type)
             check(msg, stamper.path_type, None)
             stamper.apply(msg)
+            data = encode_message(msg, item.extras)
         except Dropped as exc:  # the gateway validated it: this means the rules changed
             log.error("a stored message no longer validates (%s); passing it through", exc.code)
-            records.append(Record(source_id, bytes(raw)))
-            continue
-        records.append(Record(source_id, encode_message(msg, item.extras)))
+            data = bytes(raw)
+        except Exception:  # never let one message make the log unreadable
+            log.exception("stamping a stored message failed; passing it through as sent")
+            data = bytes(raw)
+        records.append(Record(source_id, data))
     return records

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import msgspec
 
@@ -68,7 +68,14 @@ class AdminApi:
             raise HttpError(401, "unauthorized", "wrong admin token")
 
     def handle(self, method: str, path: str, query: str, body: bytes) -> tuple[int, bytes]:
-        parts = [unquote(p) for p in path.removeprefix("/admin/v1/").strip("/").split("/")]
+        """Answer one admin request: (status, JSON body); raises `HttpError`."""
+        parts = path.removeprefix("/admin/v1/").strip("/").split("/")
+        if len(parts) >= 4 and parts[0] == "workspaces" and parts[2] == "sources":
+            # /workspaces/<ws>/sources/<name>/...: the same as /sources/<ws/name>/...
+            parts = ["sources", f"{parts[1]}/{parts[3]}", *parts[4:]]
+        elif len(parts) >= 3 and parts[0] == "sources" and not parts[1].startswith("src_"):
+            # /sources/<ws>%2F<name>/... arrives decoded as /sources/<ws>/<name>/...
+            parts = ["sources", f"{parts[1]}/{parts[2]}", *parts[3:]]
         try:
             status, result = self._route(method, parts, parse_qs(query), body)
         except ControlError as exc:
@@ -94,7 +101,9 @@ class AdminApi:
                 return 200, {"sources": [source_json(s) for s in store.list_sources(ws)]}
             case ("POST", ["sources"]):
                 new = msgspec.json.decode(body or b"{}", type=NewSource)
-                src = store.create_source(new.workspace, new.name, write_keys=new.write_keys)
+                src = store.create_source(
+                    new.workspace, new.name, write_keys=new.write_keys or None
+                )
                 return 201, source_json(src)
             case ("GET", ["sources", ref]):
                 return 200, source_json(store.source(ref))

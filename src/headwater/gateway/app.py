@@ -136,7 +136,9 @@ class GatewayApp:
     async def _other(
         self, scope: Any, proto: Any, method: str, path: str, route: str, origin: str | None
     ) -> None:
-        if path == "/v1/m" and method == "POST":
+        if path == "/v1/m":
+            if method != "POST":
+                raise HttpError(405, "method_not_allowed", "use POST")
             await read_body(scope, proto, 512 * 1024)
             self.metrics.client_metrics += 1
             self._json(proto, route, 200, SUCCESS_BODY, origin)

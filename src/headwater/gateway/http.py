@@ -132,8 +132,12 @@ class ClientAddress:
         for hop in reversed([h.strip() for h in forwarded.split(",")]):
             if not hop:
                 continue
-            if not self._is_trusted(hop):
-                return hop
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # not an address: the chain cannot be believed past this point
+            if not any(address in net for net in self._trusted):
+                return str(address)
         return peer
 
     def _is_trusted(self, ip: str) -> bool:

@@ -8,7 +8,12 @@ from headwater.control.store import ControlStore, KeyGrant
 
 
 class KeyCache:
-    """Write key -> source, for the hot path; `refresh()` is cheap when nothing changed."""
+    """Write key -> source, for the hot path.
+
+    `refresh()` runs every second, and on every lookup miss (so a key created a moment ago
+    through another worker or the CLI works at once); it costs one read of the control plane's
+    version number (a few microseconds) unless something changed.
+    """
 
     def __init__(self, store: ControlStore) -> None:
         self._store = store
@@ -27,10 +32,11 @@ class KeyCache:
         if type(key) is not str:
             return None
         grant = self._grants.get(key)
-        if (
-            grant is not None
-            and grant.expires_ms is not None
-            and time.time_ns() // 1_000_000 >= grant.expires_ms
-        ):
+        if grant is None:
+            self.refresh()
+            grant = self._grants.get(key)
+            if grant is None:
+                return None
+        if grant.expires_ms is not None and time.time_ns() // 1_000_000 >= grant.expires_ms:
             return None
         return grant

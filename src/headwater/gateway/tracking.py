@@ -25,6 +25,7 @@ from headwater.events.schema import (
     decode_envelope,
     decode_for_check,
     decode_object,
+    repair_surrogates,
 )
 from headwater.events.stamp import Stamp, encode_stamp
 from headwater.events.validate import Dropped, check, coerce
@@ -89,7 +90,7 @@ class Tracking:
         header_key, header_grant = self._header_grant(scope)
         body = await read_body(scope, proto, MAX_BATCH_BYTES)
         try:
-            envelope = decode_envelope(body)
+            envelope, body = decode_envelope(body)
         except BodyError as exc:
             if exc.code == reasons.EMPTY_BATCH:
                 self.metrics.drop(
@@ -110,7 +111,7 @@ class Tracking:
             messages, lenient = checks, None
         if header_grant is None:
             key = envelope.writeKey if type(envelope.writeKey) is str else _first_key(messages)
-            grant = self._body_grant(key, len(messages))
+            grant = self._body_grant(key)
         else:
             grant, key = header_grant, header_key
         if not messages:
@@ -118,7 +119,7 @@ class Tracking:
             raise HttpError(400, reasons.EMPTY_BATCH, "the batch holds no messages")
         stamp = Stamp(
             datetime.now(UTC),
-            envelope.sentAt,
+            envelope.sentAt if type(envelope.sentAt) is str else None,
             self.clients.of(scope),
             None if envelope.context is UNSET else bytes(envelope.context),
             None if envelope.integrations is UNSET else bytes(envelope.integrations),
@@ -133,12 +134,16 @@ class Tracking:
         try:
             message, lenient = decode_for_check(body)
         except msgspec.DecodeError as exc:
-            raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+            repaired = repair_surrogates(body)
+            if repaired is None:
+                raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+            body = repaired
+            message, lenient = decode_for_check(body)
         if message is None:
             raise HttpError(400, reasons.BAD_REQUEST, "the body must be a JSON object")
         if header_grant is None:
             key = message.writeKey if type(message.writeKey) is str else None
-            grant = self._body_grant(key, 1)
+            grant = self._body_grant(key)
         else:
             grant, key = header_grant, header_key
         stamp = Stamp(datetime.now(UTC), None, self.clients.of(scope), path_type=message_type)
@@ -224,10 +229,10 @@ class Tracking:
             raise HttpError(401, reasons.UNKNOWN_SOURCE, "unknown or disabled write key")
         return key, grant
 
-    def _body_grant(self, key: str | None, messages: int) -> KeyGrant:
+    def _body_grant(self, key: str | None) -> KeyGrant:
         grant = self.keys.lookup(key)
         if grant is None:
-            self.metrics.drop("", reasons.UNKNOWN_SOURCE, max(messages, 1))
+            self.metrics.drop("", reasons.UNKNOWN_SOURCE)  # counted per request, as for headers
             if key is None:
                 raise HttpError(
                     401,
