@@ -1,10 +1,7 @@
 """Property tests against a server of their own: whatever the body, the gateway never answers
 5xx, every error is JSON with `code` and `message`, every message it accepts is stored exactly
-once and comes back stamped.
-
-Known bugs are kept out of the generated data and have their own xfail tests in
-test_stamps: integers beyond 64 bits in a batch `sentAt`, and timestamps near the ends of the
-calendar (timestamps here are drawn from 1900-2100).
+once and comes back stamped. Values include integers beyond 64 bits and timestamps at both
+ends of the calendar.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -31,7 +28,7 @@ FUZZ = settings(
 TRACKING_PATHS = ["/v1/batch", "/v1/import", "/v1/track", "/v1/t", "/v1/identify", "/v1/g"]
 BATCH_PATHS = {"/v1/batch", "/v1/b", "/v1/import"}
 
-INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers()
 SCALARS = (
     st.none()
     | st.booleans()
@@ -46,11 +43,7 @@ VALUES = st.recursive(
     ),
     max_leaves=10,
 )
-TIMESTAMPS = st.datetimes(
-    min_value=datetime(1900, 1, 1),
-    max_value=datetime(2100, 1, 1),
-    timezones=st.none() | st.just(UTC),
-).map(lambda dt: dt.isoformat())
+TIMESTAMPS = st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda dt: dt.isoformat())
 IDS = st.text(max_size=12) | INT64 | st.floats(allow_nan=False, allow_infinity=False) | VALUES
 KEYS = st.sampled_from([WRITE_KEY, OTHER_KEY, "wk_unknown", ""])
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
