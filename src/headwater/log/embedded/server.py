@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import fcntl
 import functools
+import gc
 import logging
 import os
 import selectors
@@ -313,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     server.serve(args.parent)
