@@ -34,7 +34,7 @@ def test_request_round_trips() -> None:
     wire = bytes(encode_request(42, runs))
     (length,) = struct.unpack_from("<I", wire)
     assert length == len(wire) - LENGTH_SIZE
-    request_id, decoded = request_decoder.decode(wire[LENGTH_SIZE:])
+    [(request_id, decoded)] = request_decoder.decode(wire[LENGTH_SIZE:])
     assert request_id == 42
     assert [Run(p, payload, n) for p, n, payload in decoded] == runs
 
@@ -55,7 +55,7 @@ def test_frames_split_across_any_chunking() -> None:
         reader, frames = _collect()
         for at in range(0, len(stream), chunk):
             reader.feed(stream[at : at + chunk])
-        assert [request_decoder.decode(f)[0] for f in frames] == list(range(20))
+        assert [request_decoder.decode(f)[0][0] for f in frames] == list(range(20))
 
 
 def test_a_partial_frame_waits_for_the_rest() -> None:

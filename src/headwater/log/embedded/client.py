@@ -11,7 +11,9 @@ import msgspec
 from headwater.log.base import LogBackpressure, LogError, LogUnavailable
 from headwater.log.embedded.protocol import (
     FrameReader,
-    encode_request,
+    Request,
+    encode_requests,
+    request_of,
     response_decoder,
 )
 from headwater.log.records import Run
@@ -45,7 +47,7 @@ class LogClient(asyncio.Protocol):
         self._waiters: dict[int, tuple[asyncio.Future[None], int, float]] = {}
         self._inflight = 0
         self._next_id = 1
-        self._out: list[bytearray] = []
+        self._out: list[Request] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connector: asyncio.Task[None] | None = None
@@ -113,7 +115,7 @@ class LogClient(asyncio.Protocol):
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters[request_id] = (fut, nbytes, loop.time())
         self._inflight += nbytes
-        self._out.append(encode_request(request_id, runs))
+        self._out.append(request_of(request_id, runs))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -123,7 +125,7 @@ class LogClient(asyncio.Protocol):
         self._flush_scheduled = False
         out, self._out = self._out, []
         if self._transport is not None and out:
-            self._transport.writelines(out)
+            self._transport.write(encode_requests(out))
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 
 Every frame is a little-endian u32 length followed by that many bytes of MessagePack:
 
-- request:  `[request_id, [[partition, count, run], ...]]`
-- response: `[[ok request_id, ...], [[request_id, status, code, message, retry_after], ...]]`
-
-One response frame acknowledges every request of a connection that one commit made durable.
+- requests: `[[request_id, [[partition, count, run], ...]], ...]`: every request a worker made
+  in one event-loop iteration travels in one frame;
+- response: `[[ok request_id, ...], [[request_id, status, code, message, retry_after], ...]]`:
+  one frame acknowledges every request of a connection that one commit made durable.
 """
 
 from __future__ import annotations
@@ -31,17 +31,25 @@ Failure = tuple[int, int, str, str, int]
 Response = tuple[list[int], list[Failure]]
 
 _encoder = msgspec.msgpack.Encoder()
-request_decoder = msgspec.msgpack.Decoder(Request)
+request_decoder = msgspec.msgpack.Decoder(list[Request])
 response_decoder = msgspec.msgpack.Decoder(Response)
 
 
-def encode_request(request_id: int, runs: list[Run]) -> bytearray:
+def request_of(request_id: int, runs: list[Run]) -> Request:
+    return request_id, [(r.partition, r.count, r.payload) for r in runs]
+
+
+def encode_requests(requests: list[Request]) -> bytearray:
+    """One frame carrying several requests."""
     buf = bytearray(LENGTH_SIZE)
-    _encoder.encode_into(
-        (request_id, [(r.partition, r.count, r.payload) for r in runs]), buf, LENGTH_SIZE
-    )
+    _encoder.encode_into(requests, buf, LENGTH_SIZE)
     _LENGTH.pack_into(buf, 0, len(buf) - LENGTH_SIZE)
     return buf
+
+
+def encode_request(request_id: int, runs: list[Run]) -> bytearray:
+    """A frame carrying one request."""
+    return encode_requests([request_of(request_id, runs)])
 
 
 def encode_response(ok: list[int], failed: list[Failure]) -> bytearray:

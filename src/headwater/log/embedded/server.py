@@ -203,21 +203,22 @@ class LogServer:
                 return
 
     def _on_frame(self, conn: _Conn, frame: memoryview) -> None:
-        request_id, runs = request_decoder.decode(frame)
         partitions = self.settings.partitions
-        if any(not 0 <= p < partitions or n < 1 for p, n, _payload in runs):
-            message = f"a run names a partition outside 0..{partitions - 1} or has no records"
-            conn.out += encode_response([], [(request_id, 503, "log_unavailable", message, 5)])
-            self._flush(conn)
-            return
-        self._pending.append(
-            _Pending(
-                conn,
-                request_id,
-                [Run(p, payload, n) for p, n, payload in runs],
-                sum(len(payload) for _p, _n, payload in runs),
+        for request_id, runs in request_decoder.decode(frame):
+            if any(not 0 <= p < partitions or n < 1 for p, n, _payload in runs):
+                message = f"a run names a partition outside 0..{partitions - 1} or is empty"
+                failure = (request_id, 503, "log_unavailable", message, 5)
+                conn.out += encode_response([], [failure])
+                self._flush(conn)
+                continue
+            self._pending.append(
+                _Pending(
+                    conn,
+                    request_id,
+                    [Run(p, payload, n) for p, n, payload in runs],
+                    sum(len(payload) for _p, _n, payload in runs),
+                )
             )
-        )
 
     def _drop(self, conn: _Conn) -> None:
         if not conn.closed:
