@@ -1,5 +1,6 @@
-"""The wire format between gateway workers and the log server: length-prefixed MessagePack
-frames, split correctly however the bytes arrive, and where the server's socket lives."""
+"""The wire format between gateway workers and the log server: length-prefixed frames (binary
+requests, MessagePack responses), split correctly however the bytes arrive, and where the
+server's socket lives."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from headwater.log.embedded.protocol import (
     LENGTH_SIZE,
     MAX_FRAME,
     FrameReader,
+    decode_requests,
     encode_request,
+    encode_requests,
     encode_response,
-    request_decoder,
     response_decoder,
     socket_path,
 )
@@ -34,9 +36,28 @@ def test_request_round_trips() -> None:
     wire = bytes(encode_request(42, runs))
     (length,) = struct.unpack_from("<I", wire)
     assert length == len(wire) - LENGTH_SIZE
-    [(request_id, decoded)] = request_decoder.decode(wire[LENGTH_SIZE:])
+    [(request_id, decoded)] = decode_requests(wire[LENGTH_SIZE:])
     assert request_id == 42
-    assert [Run(p, payload, n) for p, n, payload in decoded] == runs
+    assert [(r.partition, bytes(r.payload), r.count) for r in decoded] == [
+        (r.partition, bytes(r.payload), r.count) for r in runs
+    ]
+
+
+def test_several_requests_travel_in_one_frame() -> None:
+    requests = [(i, [run_of(i % 4, [f"m{i}"])]) for i in range(5)]
+    wire = b"".join(encode_requests(requests))
+    decoded = decode_requests(wire[LENGTH_SIZE:])
+    assert [request_id for request_id, _runs in decoded] == list(range(5))
+    assert [runs[0].partition for _id, runs in decoded] == [0, 1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 20])
+def test_a_malformed_request_frame_is_a_value_error(cut: int) -> None:
+    wire = encode_request(1, [run_of(0, ["a", "b"])])[LENGTH_SIZE:]
+    with pytest.raises(ValueError):
+        decode_requests(wire[:-cut])
+    with pytest.raises(ValueError):
+        decode_requests(wire + b"junk")
 
 
 def test_response_round_trips() -> None:
@@ -55,7 +76,7 @@ def test_frames_split_across_any_chunking() -> None:
         reader, frames = _collect()
         for at in range(0, len(stream), chunk):
             reader.feed(stream[at : at + chunk])
-        assert [request_decoder.decode(f)[0][0] for f in frames] == list(range(20))
+        assert [decode_requests(f)[0][0] for f in frames] == list(range(20))
 
 
 def test_a_partial_frame_waits_for_the_rest() -> None:

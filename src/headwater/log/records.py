@@ -50,7 +50,7 @@ class Run:
     """Encoded messages of one source for one partition, ready to append."""
 
     partition: int
-    payload: bytes
+    payload: bytes | memoryview
     count: int
 
 

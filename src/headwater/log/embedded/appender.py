@@ -125,7 +125,7 @@ class SegmentAppender:
             raise LogUnavailable(self.fatal, retry_after=5)
         self._check_disk()
         partitions = self.settings.partitions
-        merged: list[list[bytes]] = [[] for _ in range(partitions)]
+        merged: list[list[bytes | memoryview]] = [[] for _ in range(partitions)]
         counts = [0] * partitions
         for runs in groups:
             for run in runs:
@@ -165,7 +165,7 @@ class SegmentAppender:
         if self.disk_low:
             raise LogUnavailable("the log's disk is nearly full", retry_after=30)
 
-    def _write(self, merged: list[list[bytes]], counts: list[int]) -> int:
+    def _write(self, merged: list[list[bytes | memoryview]], counts: list[int]) -> int:
         now = self._clock_ms()
         conn = self._conn
         with self._files.write_lock():
@@ -173,7 +173,7 @@ class SegmentAppender:
             try:
                 segment, fd, start = self._current_segment(conn, now)
                 next_offsets = dict(conn.execute("SELECT partition, next_offset FROM partitions"))
-                buffers: list[bytes] = []
+                buffers: list[bytes | memoryview] = []
                 rows = []
                 position = start
                 for p, runs in enumerate(merged):
@@ -216,7 +216,7 @@ class SegmentAppender:
                 raise
         return sum(row[2] for row in rows)
 
-    def _write_all(self, fd: int, chunks: list[bytes], position: int) -> None:
+    def _write_all(self, fd: int, chunks: list[bytes | memoryview], position: int) -> None:
         """Write `chunks` contiguously at `position` (over anything a dead writer left there)."""
         try:
             for i in range(0, len(chunks), _IOV_MAX):

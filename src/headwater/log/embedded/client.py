@@ -13,7 +13,6 @@ from headwater.log.embedded.protocol import (
     FrameReader,
     Request,
     encode_requests,
-    request_of,
     response_decoder,
 )
 from headwater.log.records import Run
@@ -115,7 +114,7 @@ class LogClient(asyncio.Protocol):
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters[request_id] = (fut, nbytes, loop.time())
         self._inflight += nbytes
-        self._out.append(request_of(request_id, runs))
+        self._out.append((request_id, runs))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -125,7 +124,7 @@ class LogClient(asyncio.Protocol):
         self._flush_scheduled = False
         out, self._out = self._out, []
         if self._transport is not None and out:
-            self._transport.write(encode_requests(out))
+            self._transport.writelines(encode_requests(out))
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ class FrameHeader:
 
 
 def encode_header(
-    partition: int, base_offset: int, count: int, chunks: list[bytes], created_ms: int
+    partition: int, base_offset: int, count: int, chunks: list[bytes | memoryview], created_ms: int
 ) -> tuple[bytes, int]:
     """The header for a payload made of `chunks`, and the payload's length."""
     digest = xxhash.xxh3_64()

@@ -32,8 +32,8 @@ from headwater.log.base import LogError, LogUnavailable
 from headwater.log.embedded.appender import AppendSettings, FsyncPolicy, SegmentAppender
 from headwater.log.embedded.protocol import (
     FrameReader,
+    decode_requests,
     encode_response,
-    request_decoder,
     socket_path,
 )
 from headwater.log.embedded.retention import enforce_retention
@@ -197,27 +197,22 @@ class LogServer:
                 return
             try:
                 conn.reader.feed(data)
-            except (ValueError, msgspec.DecodeError) as exc:
+            except ValueError as exc:
                 log.error("bad frame from a client, closing it: %s", exc)
                 self._drop(conn)
                 return
 
     def _on_frame(self, conn: _Conn, frame: memoryview) -> None:
         partitions = self.settings.partitions
-        for request_id, runs in request_decoder.decode(frame):
-            if any(not 0 <= p < partitions or n < 1 for p, n, _payload in runs):
+        for request_id, runs in decode_requests(bytes(frame)):
+            if any(not 0 <= r.partition < partitions or r.count < 1 for r in runs):
                 message = f"a run names a partition outside 0..{partitions - 1} or is empty"
                 failure = (request_id, 503, "log_unavailable", message, 5)
                 conn.out += encode_response([], [failure])
                 self._flush(conn)
                 continue
             self._pending.append(
-                _Pending(
-                    conn,
-                    request_id,
-                    [Run(p, payload, n) for p, n, payload in runs],
-                    sum(len(payload) for _p, _n, payload in runs),
-                )
+                _Pending(conn, request_id, runs, sum(len(r.payload) for r in runs))
             )
 
     def _drop(self, conn: _Conn) -> None:
