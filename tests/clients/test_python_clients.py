@@ -79,11 +79,11 @@ def _check_arrived_once(
     return stored
 
 
-@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
-def test_segment_analytics_python(server: HeadwaterServer, gzip: bool) -> None:
-    run = f"segpy-{uuid.uuid4().hex[:8]}"
+def _through(client_class: Any, server: HeadwaterServer, gzip: bool) -> list[dict[str, Any]]:
+    """Every call type through a real client; returns what was stored, checked."""
+    run = f"{client_class.__module__.split('.')[0]}-{uuid.uuid4().hex[:8]}"
     errors: list[Any] = []
-    client = SegmentClient(
+    client = client_class(
         WRITE_KEY,
         host=server.url,
         gzip=gzip,
@@ -94,7 +94,12 @@ def test_segment_analytics_python(server: HeadwaterServer, gzip: bool) -> None:
     started = datetime.now(UTC).replace(microsecond=0)
     sent = _send_all(client, run, users=40)
     assert errors == []
-    stored = _check_arrived_once(server, sent, started)
+    return _check_arrived_once(server, sent, started)
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_segment_analytics_python(server: HeadwaterServer, gzip: bool) -> None:
+    stored = _through(SegmentClient, server, gzip)
     library = {m["context"]["library"]["name"] for m in stored}
     assert library == {"analytics-python"}
     track = next(m for m in stored if m["type"] == "track")
@@ -103,20 +108,7 @@ def test_segment_analytics_python(server: HeadwaterServer, gzip: bool) -> None:
 
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
 def test_rudder_sdk_python(server: HeadwaterServer, gzip: bool) -> None:
-    run = f"rudpy-{uuid.uuid4().hex[:8]}"
-    errors: list[Any] = []
-    client = RudderClient(
-        WRITE_KEY,
-        host=server.url,
-        gzip=gzip,
-        max_retries=3,
-        on_error=lambda e, batch: errors.append(e),
-        upload_size=50,
-    )
-    started = datetime.now(UTC).replace(microsecond=0)
-    sent = _send_all(client, run, users=40)
-    assert errors == []
-    stored = _check_arrived_once(server, sent, started)
+    stored = _through(RudderClient, server, gzip)
     # RudderStack's SDK sends "anonymousId": null; it must not count as an id, and stays null
     assert all(m.get("anonymousId") is None for m in stored)
     assert {m["channel"] for m in stored} == {"server"}

@@ -6,20 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.server import OTHER_KEY, WRITE_KEY, HeadwaterServer
+from tests.support.server import CONFIG, HeadwaterServer
 
 EXAMPLE_KEY = "wk_example_1"  # the key the recorded client requests in tests/fixtures carry
 PUBLIC_HOST = "events.example.com"
 
-ALT_CONFIG = f"""
-workspaces:
-  - name: test
-    sources:
-      - name: web
-        write_keys: [{WRITE_KEY}]
-      - name: app
-        write_keys: [{OTHER_KEY}]
-  - name: examples
+ALT_CONFIG = (
+    CONFIG
+    + f"""  - name: examples
     sources:
       - name: clients
         write_keys: [{EXAMPLE_KEY}]
@@ -27,6 +21,7 @@ gateway:
   trusted_proxies: ["127.0.0.1/32"]
   public_url: "https://{PUBLIC_HOST}"
 """
+)
 
 
 @pytest.fixture(scope="session")
