@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -81,6 +82,7 @@ class HeadwaterServer:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -138,6 +140,16 @@ class HeadwaterServer:
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0, **kw)
+
+
+def _die_with_parent() -> None:
+    """If the test process dies (say, a timeout kills pytest), its server dies too; the
+    server's own workers and log server then stop as their parent is gone."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def _descendants(pid: int) -> list[int]:

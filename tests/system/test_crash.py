@@ -3,10 +3,13 @@ and find every acknowledged message in the log."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import httpx
 
@@ -75,3 +78,44 @@ def test_sigkill_under_load_loses_no_acknowledged_message(fresh_server: Headwate
             headers={"Authorization": basic(WRITE_KEY)},
         )
     assert r.status_code == 200
+
+
+def test_killing_only_the_supervisor_leaves_no_orphans(fresh_server: HeadwaterServer) -> None:
+    """`kill -9` of `headwater up` alone (say, the OOM killer): its workers and log server stop
+    by themselves, so the port and the data directory are free for a restart."""
+    fresh_server.workers = 2
+    fresh_server.start()
+    assert fresh_server.proc is not None
+    children = _all_descendants(fresh_server.proc.pid)
+    assert len(children) >= 3  # two gateway workers and the log server
+    os.kill(fresh_server.proc.pid, signal.SIGKILL)
+    fresh_server.proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)], "orphaned Headwater processes"
+    fresh_server.start()  # same port, same data directory
+    with fresh_server.client() as http:
+        r = http.post(
+            "/v1/track",
+            json={"userId": "u", "event": "Back"},
+            headers={"Authorization": basic(WRITE_KEY)},
+        )
+    assert r.status_code == 200
+
+
+def _all_descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out.append(int(child))
+            out.extend(_all_descendants(int(child)))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status

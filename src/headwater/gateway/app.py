@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,13 @@ class GatewayApp:
             ClientAddress(config.gateway.trusted_proxies),
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._parent = os.getppid()
 
     # -- RSGI lifecycle ------------------------------------------------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         tune_gc()
+        self._parent = os.getppid()
         self.writer.start(loop)
         self._tasks.append(loop.create_task(self._housekeeping()))
 
@@ -91,6 +94,10 @@ class GatewayApp:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            if os.getppid() != self._parent:  # `headwater up` is gone (killed): so are we
+                log.error("the supervising process is gone; stopping this worker")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             try:
                 self.keys.refresh()
                 self.metrics.flush(self.paths.metrics_dir)
