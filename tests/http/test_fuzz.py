@@ -206,6 +206,9 @@ def test_random_bytes_as_the_body(fuzz_server: HeadwaterServer) -> None:
                     data = gzip.compress(data) if encoding == "gzip" else zlib.compress(data)
             r = http.post(path, content=data, headers=headers)
             assert r.status_code < 500, r.text
+            if r.status_code == 200:  # the bytes happened to be a JSON object, e.g. b"{}"
+                assert r.json()["success"] is True
+                return
             assert_error(r, r.status_code)
             assert r.status_code == 400
 
