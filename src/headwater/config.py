@@ -82,7 +82,7 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The Tracking API."""
 
     trusted_proxies: list[str] = []
-    max_concurrent_requests: int = 256
+    max_concurrent_requests: int = 100
     public_url: str | None = None
 
 

@@ -128,3 +128,55 @@ def _children(server: HeadwaterServer) -> list[int]:
 
 def _cmdline(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_gateway_memory_stays_bounded_under_overload(fresh_server: HeadwaterServer) -> None:
+    """More clients at once than a worker takes requests (`max_concurrent_requests`, 100),
+    each sending batches near the 500 KB limit as fast as it can: the gateway answers (200, or
+    429 when the log is behind) and its workers stay under 200 MB."""
+    fresh_server.workers = 1
+    fresh_server.start()
+    run = uuid.uuid4().hex[:8]
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+    peak = 0
+
+    def client(c: int) -> None:
+        with httpx.Client(base_url=fresh_server.url, timeout=30) as http:
+            for n in range(12):
+                if stop.is_set():
+                    return
+                _ids, body = _batch(run, c * 1000 + n, size=4000)  # ~420 KB
+                r = http.post("/v1/batch", json=body, headers={"Authorization": basic(WRITE_KEY)})
+                with lock:
+                    statuses[r.status_code] += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(160)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline and any(t.is_alive() for t in threads):
+        peak = max(peak, _largest_worker_rss_mb(fresh_server))
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert statuses[200] > 0
+    assert set(statuses) <= {200, 429}, statuses
+    assert 0 < peak < 200, f"a gateway worker reached {peak:.0f} MB"
+
+
+def _largest_worker_rss_mb(server: HeadwaterServer) -> float:
+    largest = 0.0
+    for pid in _children(server):
+        if b"headwater.log.embedded" in _cmdline(pid):
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                largest = max(largest, int(line.split()[1]) / 1024)
+    return largest
