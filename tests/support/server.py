@@ -118,7 +118,8 @@ class HeadwaterServer:
         _wait_gone(pids)
 
     def messages(self) -> list[dict[str, Any]]:
-        """Every stored message (stamped), oldest first per partition."""
+        """Every stored message (stamped), oldest first per partition, with the source and the
+        partition it was stored under (`__source_id`, `__partition`)."""
         reader = EmbeddedLogReader(self.data / "log" / "ingest")
         try:
             out: list[dict[str, Any]] = []
@@ -132,6 +133,7 @@ class HeadwaterServer:
                         for record in batch.records:
                             msg = msgspec.json.decode(record.message)
                             msg["__source_id"] = record.source_id
+                            msg["__partition"] = p
                             out.append(msg)
                         offset = batch.end_offset
             return out
