@@ -19,11 +19,14 @@ from headwater.log.records import Run
 
 log = logging.getLogger(__name__)
 
+FLUSH_BYTES = 64 * 1024
+
 
 class LogClient(asyncio.Protocol):
     """An asyncio client of the log server; implements `LogAppender`.
 
-    Requests made in one loop iteration leave in one write. While the server cannot be
+    Requests made in one loop iteration leave in one write, or sooner once `FLUSH_BYTES` have
+    gathered (so that a busy iteration does not hold back the log server's next commit). While the server cannot be
     reached, `append` fails at once with `LogUnavailable` and a background task reconnects.
     A server that is alive but has not acknowledged a request within `ack_timeout` seconds is
     treated as gone: the connection is dropped, so every waiting request fails (and is retried
@@ -47,6 +50,7 @@ class LogClient(asyncio.Protocol):
         self._inflight = 0
         self._next_id = 1
         self._out: list[Request] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connector: asyncio.Task[None] | None = None
@@ -115,13 +119,17 @@ class LogClient(asyncio.Protocol):
         self._waiters[request_id] = (fut, nbytes, loop.time())
         self._inflight += nbytes
         self._out.append((request_id, runs))
-        if not self._flush_scheduled:
+        self._out_bytes += nbytes
+        if self._out_bytes >= FLUSH_BYTES:  # enough to start a commit: do not wait
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         await fut
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._out_bytes = 0
         out, self._out = self._out, []
         if self._transport is not None and out:
             self._transport.writelines(encode_requests(out))
@@ -143,6 +151,7 @@ class LogClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._out.clear()
+        self._out_bytes = 0
         self._fail_all(LogUnavailable("lost the connection to the log server", retry_after=1))
 
     def _on_frame(self, frame: memoryview) -> None:
