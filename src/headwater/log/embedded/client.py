@@ -26,8 +26,9 @@ class LogClient(asyncio.Protocol):
     """An asyncio client of the log server; implements `LogAppender`.
 
     Requests made in one loop iteration leave in one write, or sooner once `FLUSH_BYTES` have
-    gathered (so that a busy iteration does not hold back the log server's next commit). While the server cannot be
-    reached, `append` fails at once with `LogUnavailable` and a background task reconnects.
+    gathered (so that a busy iteration does not hold back the log server's next commit). While
+    the server cannot be reached, `append` fails at once with `LogUnavailable` and a
+    background task reconnects.
     A server that is alive but has not acknowledged a request within `ack_timeout` seconds is
     treated as gone: the connection is dropped, so every waiting request fails (and is retried
     by its client) instead of hanging.
