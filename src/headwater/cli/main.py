@@ -47,21 +47,26 @@ def up(
     from headwater.cli.banner import print_banner
     from headwater.runtime.logd import LogServerError, LogServerProcess, server_settings
     from headwater.runtime.prepare import prepare
-    from headwater.runtime.serve import serve_gateway
+    from headwater.runtime.serve import PortInUse, listen, serve_gateway
 
     try:
         prepared = prepare(config, paths)
     except Exception as exc:
         raise click.ClickException(f"cannot prepare {paths.root}: {exc}") from exc
+    try:
+        sock = listen(host, port)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
     logd = LogServerProcess(server_settings(config, paths))
     try:
         logd.start()
     except LogServerError as exc:
+        sock.close()
         raise click.ClickException(str(exc)) from None
     n = workers or os.cpu_count() or 1
     print_banner(config, paths, prepared, host, port, n, config_path)
     try:
-        serve_gateway(config, config_path, paths.root, host, port, n)
+        serve_gateway(config, paths, sock, n)
     finally:
         logd.stop()
 

@@ -1,23 +1,21 @@
-"""The gateway's RSGI application: routing, responses, and the worker's lifecycle.
+"""The gateway application: routing, responses, and a worker's lifecycle.
 
-Granian runs one instance per worker process (`create_app` is the factory). Each worker has
-its own connection to the log server, write-key cache and metrics.
+`runtime/serve.py` runs one `GatewayApp` per worker process behind `gateway/server.py`'s
+HTTP/1.1 connections. Each worker has its own connection to the log server, write-key cache
+and metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
-import signal
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
-from headwater.config import Config, load_config, parse_size
+from headwater.config import Config, parse_size
 from headwater.control.store import ControlStore
 from headwater.events import reasons
 from headwater.gateway.admin import AdminApi
@@ -28,10 +26,18 @@ from headwater.gateway.http import (
     HttpError,
     cors_headers,
     preflight_headers,
-    read_body,
+    request_body,
+    too_large,
 )
 from headwater.gateway.keys import KeyCache
-from headwater.gateway.tracking import BATCH_PATHS, SINGLE_PATHS, Tracking
+from headwater.gateway.server import Request, Response
+from headwater.gateway.tracking import (
+    BATCH_PATHS,
+    MAX_BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+    SINGLE_PATHS,
+    Tracking,
+)
 from headwater.log.embedded import EmbeddedLogReader, LogClient
 from headwater.log.embedded.protocol import socket_path
 from headwater.observability.metrics import (
@@ -46,6 +52,8 @@ from headwater.paths import DataPaths
 log = logging.getLogger(__name__)
 
 ADMIN_BODY_LIMIT = 64 * 1024
+CLIENT_METRICS_LIMIT = 512 * 1024
+OTHER_BODY_LIMIT = 64 * 1024
 _encoder = msgspec.json.Encoder()
 _OK_HEADERS = [("content-type", JSON), ("access-control-allow-origin", "*")]
 
@@ -74,15 +82,17 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._parent = os.getppid()
 
-    # -- RSGI lifecycle ------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
 
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop, on_orphaned: Callable[[], None]) -> None:
+        """Connect to the log and start housekeeping; `on_orphaned` is called if the
+        supervising process disappears (so the worker can stop)."""
         tune_gc()
         self._parent = os.getppid()
         self.writer.start(loop)
-        self._tasks.append(loop.create_task(self._housekeeping()))
+        self._tasks.append(loop.create_task(self._housekeeping(on_orphaned)))
 
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         self.writer.close()
@@ -91,12 +101,12 @@ class GatewayApp:
             self.reader.close()
         self.store.close()
 
-    async def _housekeeping(self) -> None:
+    async def _housekeeping(self, on_orphaned: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(1.0)
             if os.getppid() != self._parent:  # `headwater up` is gone (killed): so are we
                 log.error("the supervising process is gone; stopping this worker")
-                os.kill(os.getpid(), signal.SIGTERM)
+                on_orphaned()
                 return
             try:
                 self.keys.refresh()
@@ -104,103 +114,109 @@ class GatewayApp:
             except Exception:
                 log.exception("gateway housekeeping failed")
 
-    # -- routing -------------------------------------------------------------------------------
+    # -- what the HTTP server asks -------------------------------------------------------------
 
-    async def __rsgi__(self, scope: Any, proto: Any) -> None:
-        path: str = scope.path
-        method: str = scope.method
-        route = path if path in SINGLE_PATHS or path in BATCH_PATHS else _route_label(path)
-        origin = scope.headers.get("origin")
+    def body_limit(self, method: str, path: str) -> int:
+        """The largest body accepted on a path, as sent (compressed or not)."""
+        if path in BATCH_PATHS:
+            return MAX_BATCH_BYTES
+        if path in SINGLE_PATHS:
+            return MAX_MESSAGE_BYTES
+        if path == "/v1/m":
+            return CLIENT_METRICS_LIMIT
+        if path.startswith("/admin/v1/"):
+            return ADMIN_BODY_LIMIT
+        return OTHER_BODY_LIMIT
+
+    def too_large(self, request: Request, limit: int) -> Response:
+        """The answer to a body over the limit (sent before reading it)."""
+        return self._error(_route(request.path), request.headers.get("origin"), too_large(limit))
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request."""
+        path = request.path
+        method = request.method
+        route = _route(path)
+        origin = request.headers.get("origin")
         try:
             if method == "POST" and path in BATCH_PATHS:
-                body = await self.tracking.batch(scope, proto)
+                body = await self.tracking.batch(request)
             elif method == "POST" and path in SINGLE_PATHS:
-                body = await self.tracking.single(scope, proto, SINGLE_PATHS[path])
+                body = await self.tracking.single(request, SINGLE_PATHS[path])
             elif method == "OPTIONS":
                 self.metrics.request(route, 204)
-                proto.response_empty(
-                    204,
-                    preflight_headers(origin, scope.headers.get("access-control-request-headers")),
-                )
-                return
+                requested = request.headers.get("access-control-request-headers")
+                return Response(204, preflight_headers(origin, requested))
             else:
-                await self._other(scope, proto, method, path, route, origin)
-                return
+                return self._other(request, route, origin)
         except HttpError as exc:
-            self._error(proto, route, origin, exc)
-            return
+            return self._error(route, origin, exc)
         except Exception:
             log.exception("unexpected error on %s", path)
-            self._error(
-                proto,
-                route,
-                origin,
-                HttpError(500, "internal_error", "internal error; nothing was stored"),
-            )
-            return
+            error = HttpError(500, "internal_error", "internal error; nothing was stored")
+            return self._error(route, origin, error)
         self.metrics.request(route, 200)
-        headers = _OK_HEADERS if origin is None else [("content-type", JSON), *cors_headers(origin)]
-        proto.response_bytes(200, headers, body)
+        if origin is None:
+            return Response(200, _OK_HEADERS, body)
+        return Response(200, [("content-type", JSON), *cors_headers(origin)], body)
 
-    async def _other(
-        self, scope: Any, proto: Any, method: str, path: str, route: str, origin: str | None
-    ) -> None:
+    def _other(self, request: Request, route: str, origin: str | None) -> Response:
+        path = request.path
+        method = request.method
         if path == "/v1/m":
             if method != "POST":
                 raise HttpError(405, "method_not_allowed", "use POST")
-            await read_body(scope, proto, 512 * 1024)
+            request_body(request, CLIENT_METRICS_LIMIT)
             self.metrics.client_metrics += 1
-            self._json(proto, route, 200, SUCCESS_BODY, origin)
-        elif path.startswith("/v1/projects/") and path.endswith("/settings"):
+            return self._json(route, 200, SUCCESS_BODY, origin)
+        if path.startswith("/v1/projects/") and path.endswith("/settings"):
             if method != "GET":
                 raise HttpError(405, "method_not_allowed", "use GET")
             key = path[len("/v1/projects/") : -len("/settings")]
-            self._json(proto, route, 200, self._settings(scope, key), origin)
-        elif path == "/healthz":
-            self._json(proto, route, 200, b'{"status":"ok"}', origin)
-        elif path == "/readyz":
+            return self._json(route, 200, self._settings(request, key), origin)
+        if path == "/healthz":
+            return self._json(route, 200, b'{"status":"ok"}', origin)
+        if path == "/readyz":
             ready = self.writer.healthy
             status = 200 if ready else 503
             body = b'{"status":"ready"}' if ready else b'{"status":"log unavailable"}'
-            self._json(proto, route, status, body, origin)
-        elif path == "/metrics":
+            return self._json(route, status, body, origin)
+        if path == "/metrics":
             self.metrics.request(route, 200)
-            proto.response_bytes(
+            return Response(
                 200, [("content-type", "text/plain; version=0.0.4")], self._metrics_text()
             )
-        elif path.startswith("/admin/v1/"):
-            self.admin.authorize(scope.headers.get("authorization"))
-            body = await read_body(scope, proto, ADMIN_BODY_LIMIT)
-            status, out = self.admin.handle(method, path, scope.query_string, body)
+        if path.startswith("/admin/v1/"):
+            self.admin.authorize(request.headers.get("authorization"))
+            body = request_body(request, ADMIN_BODY_LIMIT)
+            status, out = self.admin.handle(method, path, request.query, body)
             self.keys.refresh()
-            self._json(proto, route, status, out, origin)
-        elif path in SINGLE_PATHS or path in BATCH_PATHS:
+            return self._json(route, status, out, origin)
+        if path in SINGLE_PATHS or path in BATCH_PATHS:
             raise HttpError(405, "method_not_allowed", "use POST")
-        else:
-            raise HttpError(404, "not_found", f"no such path: {path}")
+        raise HttpError(404, "not_found", f"no such path: {path}")
 
     # -- responses -----------------------------------------------------------------------------
 
-    def _json(self, proto: Any, route: str, status: int, body: bytes, origin: str | None) -> None:
+    def _json(self, route: str, status: int, body: bytes, origin: str | None) -> Response:
         self.metrics.request(route, status)
-        proto.response_bytes(status, [("content-type", JSON), *cors_headers(origin)], body)
+        return Response(status, [("content-type", JSON), *cors_headers(origin)], body)
 
-    def _error(self, proto: Any, route: str, origin: str | None, exc: HttpError) -> None:
+    def _error(self, route: str, origin: str | None, exc: HttpError) -> Response:
         self.metrics.request(route, exc.status)
         headers = [("content-type", JSON), *cors_headers(origin)]
         if exc.retry_after is not None:
             headers.append(("retry-after", str(exc.retry_after)))
-        with contextlib.suppress(Exception):  # the client may be gone
-            proto.response_bytes(exc.status, headers, exc.body())
+        return Response(exc.status, headers, exc.body())
 
-    def _settings(self, scope: Any, key: str) -> bytes:
+    def _settings(self, request: Request, key: str) -> bytes:
         if self.keys.lookup(key) is None:
             raise HttpError(404, reasons.UNKNOWN_SOURCE, "unknown write key")
         public = self.config.gateway.public_url
         if public:
             scheme, _, host = public.rstrip("/").partition("://")
         else:
-            scheme, host = scope.scheme, scope.headers.get("host") or scope.authority or ""
+            scheme, host = "http", request.headers.get("host", "")
         return _encoder.encode(
             {
                 "integrations": {
@@ -258,7 +274,10 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _route_label(path: str) -> str:
+def _route(path: str) -> str:
+    """The metrics label of a path (bounded: unknown paths are all "other")."""
+    if path in SINGLE_PATHS or path in BATCH_PATHS:
+        return path
     if path.startswith("/v1/projects/"):
         return "/v1/projects/{writeKey}/settings"
     if path.startswith("/admin/v1/"):
@@ -266,10 +285,3 @@ def _route_label(path: str) -> str:
     if path in ("/v1/m", "/healthz", "/readyz", "/metrics"):
         return path
     return "other"
-
-
-def create_app() -> GatewayApp:
-    """Granian's factory: builds a worker from `HEADWATER_CONFIG` and `HEADWATER_DATA`."""
-    config = load_config(os.environ.get("HEADWATER_CONFIG") or None)
-    data = os.environ.get("HEADWATER_DATA") or config.data or ".headwater"
-    return GatewayApp(config, DataPaths(Path(data)))

@@ -6,9 +6,10 @@ import base64
 import binascii
 import ipaddress
 import zlib
-from typing import Any
 
 import msgspec
+
+from headwater.gateway.server import Request
 
 JSON = "application/json"
 SUCCESS_BODY = b'{"success":true}'
@@ -36,31 +37,13 @@ def too_large(limit: int) -> HttpError:
     return HttpError(400, "payload_too_large", f"Exceed payload limit ({limit} bytes)")
 
 
-async def read_body(scope: Any, proto: Any, limit: int) -> bytes:
-    """The request body, decompressed, refusing anything over `limit` bytes (before or after
-    decompression) without buffering more than that."""
-    headers = scope.headers
-    length = headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise HttpError(400, "bad_request", "invalid Content-Length") from None
-        if declared > limit:
-            raise too_large(limit)
-        body: bytes = await proto()
-    else:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
-        body = b"".join(chunks)
+def request_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, refusing anything over `limit` bytes before or after
+    decompression. (The HTTP server already refused bodies over the path's limit as sent.)"""
+    body = request.body
     if len(body) > limit:
         raise too_large(limit)
-    encoding = headers.get("content-encoding")
+    encoding = request.headers.get("content-encoding")
     if encoding:
         body = decompress(body, encoding.strip().lower(), limit)
     return body
@@ -122,11 +105,11 @@ class ClientAddress:
     def __init__(self, trusted_proxies: list[str]) -> None:
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
 
-    def of(self, scope: Any) -> str | None:
-        peer = _peer_ip(scope.client)
+    def of(self, request: Request) -> str | None:
+        peer = request.client
         if not self._trusted or peer is None:
             return peer
-        forwarded: str | None = scope.headers.get("x-forwarded-for")
+        forwarded = request.headers.get("x-forwarded-for")
         if not forwarded or not self._is_trusted(peer):
             return peer
         for hop in reversed([h.strip() for h in forwarded.split(",")]):
@@ -146,15 +129,6 @@ class ClientAddress:
         except ValueError:
             return False
         return any(addr in net for net in self._trusted)
-
-
-def _peer_ip(client: str | None) -> str | None:
-    if not client:
-        return None
-    if client.startswith("["):
-        return client[1 : client.index("]")] if "]" in client else None
-    host, sep, _port = client.rpartition(":")
-    return host if sep and ":" not in host else client
 
 
 def cors_headers(origin: str | None) -> list[tuple[str, str]]:

@@ -29,8 +29,9 @@ from headwater.events.schema import (
 )
 from headwater.events.stamp import Stamp, encode_stamp
 from headwater.events.validate import Dropped, check, coerce
-from headwater.gateway.http import ClientAddress, HttpError, basic_auth_key, read_body
+from headwater.gateway.http import ClientAddress, HttpError, basic_auth_key, request_body
 from headwater.gateway.keys import KeyCache
+from headwater.gateway.server import Request
 from headwater.log.base import LogAppender, LogError
 from headwater.log.records import Run, encode_run
 from headwater.observability.metrics import GatewayMetrics
@@ -84,11 +85,11 @@ class Tracking:
         self.clients = clients
         self._auth_cache: dict[str, str] = {}
 
-    async def batch(self, scope: Any, proto: Any) -> bytes:
+    async def batch(self, request: Request) -> bytes:
         """`/v1/batch`, `/v1/b`, `/v1/import`."""
         started = time.perf_counter()
-        header_key, header_grant = self._header_grant(scope)
-        body = await read_body(scope, proto, MAX_BATCH_BYTES)
+        header_key, header_grant = self._header_grant(request)
+        body = request_body(request, MAX_BATCH_BYTES)
         try:
             envelope, body = decode_envelope(body)
         except BodyError as exc:
@@ -120,17 +121,17 @@ class Tracking:
         stamp = Stamp(
             datetime.now(UTC),
             envelope.sentAt if type(envelope.sentAt) is str else None,
-            self.clients.of(scope),
+            self.clients.of(request),
             None if envelope.context is UNSET else bytes(envelope.context),
             None if envelope.integrations is UNSET else bytes(envelope.integrations),
         )
         return await self._store(raws, messages, lenient, stamp, grant, key, started)
 
-    async def single(self, scope: Any, proto: Any, message_type: str) -> bytes:
+    async def single(self, request: Request, message_type: str) -> bytes:
         """`/v1/track`, `/v1/t` and the other single-message paths."""
         started = time.perf_counter()
-        header_key, header_grant = self._header_grant(scope)
-        body = await read_body(scope, proto, MAX_MESSAGE_BYTES)
+        header_key, header_grant = self._header_grant(request)
+        body = request_body(request, MAX_MESSAGE_BYTES)
         try:
             message, lenient = decode_for_check(body)
         except msgspec.DecodeError as exc:
@@ -146,7 +147,7 @@ class Tracking:
             grant = self._body_grant(key)
         else:
             grant, key = header_grant, header_key
-        stamp = Stamp(datetime.now(UTC), None, self.clients.of(scope), path_type=message_type)
+        stamp = Stamp(datetime.now(UTC), None, self.clients.of(request), path_type=message_type)
         return await self._store([Raw(body)], [message], [lenient], stamp, grant, key, started)
 
     async def _store(
@@ -209,10 +210,10 @@ class Tracking:
             return b'{"success":true}'
         return _encoder.encode(Outcome(True, dropped))
 
-    def _header_grant(self, scope: Any) -> tuple[str | None, KeyGrant | None]:
+    def _header_grant(self, request: Request) -> tuple[str | None, KeyGrant | None]:
         """The write key of the Authorization header and its grant; (None, None) if the
         header carries no write key (then the body must)."""
-        header = scope.headers.get("authorization")
+        header = request.headers.get("authorization")
         if header is None:
             return None, None
         key = self._auth_cache.get(header)

@@ -1,0 +1,338 @@
+"""HTTP/1.1 for the gateway: llhttp (via httptools) parsing on the worker's event loop.
+
+Why not a threaded server such as granian: a Tracking API request is small and must wait for
+the log's acknowledgement, so what costs is per-request overhead, not parsing. Handing each
+request from an I/O thread to the Python thread and back costs two cross-thread wake-ups; on
+the reference machine a single-threaded uvloop + httptools loop answers about twice as many
+small requests per core (see BENCHMARKS.md). This module is only the connection handling;
+parsing is httptools', the event loop uvloop's.
+
+What a connection guarantees:
+- requests on one connection are answered in order (pipelining is allowed, handled one at a
+  time: reading pauses while a request is being answered);
+- the body is bounded before it is read: the application's limit for the path is checked
+  against `Content-Length` when the headers arrive, and while a chunked body arrives;
+- `Expect: 100-continue` is honoured; HTTP/1.0 and `Connection: close` close after the answer;
+- slow clients are cut off: a request must arrive whole within `request_timeout`, an idle
+  keep-alive connection is closed after `keepalive_timeout`; headers are bounded;
+- a worker reads at most `max_concurrent` requests at a time; past that, connections wait
+  (reading paused), so memory stays bounded under overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Protocol
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 32 * 1024
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request, its body read whole (and bounded)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    client: str | None
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Response:
+    """What to answer: the server adds `content-length` and, if closing, `connection`."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+class Application(Protocol):
+    """What the connection needs from the application."""
+
+    def body_limit(self, method: str, path: str) -> int:
+        """The largest body (as sent, before any decompression) accepted on this path."""
+        ...
+
+    def too_large(self, request: Request, limit: int) -> Response:
+        """The answer to a request whose body is over `limit`."""
+        ...
+
+    def handle(self, request: Request) -> Awaitable[Response]:
+        """Answer a request."""
+        ...
+
+
+@dataclass
+class ServerState:
+    """What the connections of one worker share."""
+
+    max_concurrent: int = 100
+    request_timeout: float = 30.0
+    keepalive_timeout: float = 65.0
+    active: int = 0
+    connections: set[HttpConnection] = field(default_factory=set)
+    waiting: deque[HttpConnection] = field(default_factory=deque)
+    closing: bool = False
+
+    def release(self) -> None:
+        """A request is done: let a waiting connection read its next one."""
+        self.active -= 1
+        while self.waiting and self.active < self.max_concurrent:
+            conn = self.waiting.popleft()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.resume()
+                return
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, app: Application, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client: str | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._limit = 0
+        self._queue: deque[tuple[Request, bool]] = deque()
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        self._inflight = 0  # requests begun on this connection and not yet answered
+        self._paused = False
+        self._throttled = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if isinstance(peer, tuple) else None
+        self.state.connections.add(self)
+        self._arm(self.state.keepalive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.connections.discard(self)
+        for _ in range(self._inflight):
+            self.state.release()
+        self._inflight = 0
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b"upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}".encode())
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_bytes = 0
+        self._inflight += 1
+        self.state.active += 1
+        self._arm(self.state.request_timeout)
+        if self.state.active > self.state.max_concurrent and not self._throttled:
+            self._throttled = True  # over capacity: read no more until a request finishes
+            self._pause()
+            self.state.waiting.append(self)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = self._headers.get(key)
+        self._headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        method = self.parser.get_method().decode("latin-1")
+        self._limit = self.app.body_limit(method, self._path())
+        length = self._headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self._limit:
+            self._refuse_too_large()
+            return
+        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limit:
+            self._refuse_too_large()
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        url = httptools.parse_url(self._url)
+        request = Request(
+            self.parser.get_method().decode("latin-1"),
+            unquote(url.path.decode("latin-1")),
+            (url.query or b"").decode("latin-1"),
+            self._headers,
+            self.client,
+            self._body[0] if len(self._body) == 1 else b"".join(self._body),
+        )
+        self._body = []
+        self._queue.append((request, self.parser.should_keep_alive()))
+        self._pause()  # one request at a time; what is already buffered waits in the queue
+        if not self._busy:
+            self._busy = True
+            self._task = self.loop.create_task(self._answer_queue())
+
+    # -- answering ----------------------------------------------------------------------------
+
+    async def _answer_queue(self) -> None:
+        while self._queue and self.transport is not None:
+            request, keep_alive = self._queue.popleft()
+            try:
+                response = await self.app.handle(request)
+            except Exception:
+                log.exception("unhandled error answering %s %s", request.method, request.path)
+                response = Response(
+                    500,
+                    [("content-type", "application/json")],
+                    b'{"code":"internal_error","message":"internal error"}',
+                )
+            keep_alive = keep_alive and not self.state.closing
+            self._write(response, keep_alive, head=request.method == "HEAD")
+            if self._inflight:
+                self._inflight -= 1
+                self.state.release()
+            if not keep_alive:
+                self._close()
+                return
+        self._busy = False
+        if self.transport is not None:
+            self._arm(self.state.keepalive_timeout)
+            self.resume()
+
+    def _write(self, response: Response, keep_alive: bool, *, head: bool = False) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        body = response.body
+        lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b""))]
+        lines.extend(
+            b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+        )
+        lines.append(b"content-length: %d\r\n" % len(body))
+        if not keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        if body and not head:
+            lines.append(body)
+        self.transport.write(b"".join(lines))
+
+    # -- flow control and failure -------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Read again (after an answer, or when a throttled connection gets its turn)."""
+        self._throttled = False
+        if self._paused and self.transport is not None and not self._busy:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def close_when_idle(self) -> None:
+        """Graceful shutdown: close now if idle, else after the answer in progress."""
+        if not self._busy and not self._inflight:
+            self._close()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._fail(431, b"request headers too large")
+            raise httptools.HttpParserError("headers too large")
+
+    def _refuse_too_large(self) -> None:
+        request = Request(
+            self.parser.get_method().decode("latin-1"), self._path(), "", self._headers, self.client
+        )
+        self._respond_and_close(self.app.too_large(request, self._limit))
+        raise httptools.HttpParserError("body too large")
+
+    def _fail(self, status: int, message: bytes) -> None:
+        body = b'{"code":"bad_request","message":"%s"}' % message.replace(b'"', b"'")
+        self._respond_and_close(Response(status, [("content-type", "application/json")], body))
+
+    def _respond_and_close(self, response: Response) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._busy:  # an earlier request is being answered: answers must stay in order
+            self._close()
+            return
+        self._write(response, keep_alive=False)
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self._busy:  # waiting for the application is not the client's fault
+            self._arm(self.state.request_timeout)
+            return
+        if self._inflight:
+            with contextlib.suppress(Exception):
+                self._write(
+                    Response(
+                        408,
+                        [("content-type", "application/json")],
+                        b'{"code":"request_timeout","message":"request too slow"}',
+                    ),
+                    keep_alive=False,
+                )
+        self._close()
+
+    def _path(self) -> str:
+        try:
+            return unquote(httptools.parse_url(self._url).path.decode("latin-1"))
+        except httptools.HttpParserInvalidURLError:
+            return ""
+
+
+ConnectionFactory = Callable[[], HttpConnection]
+
+
+def connection_factory(app: Application, state: ServerState) -> ConnectionFactory:
+    """What `loop.create_server` needs to serve `app`."""
+    return lambda: HttpConnection(app, state)
