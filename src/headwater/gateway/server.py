@@ -89,14 +89,21 @@ class ServerState:
     waiting: deque[HttpConnection] = field(default_factory=deque)
     closing: bool = False
 
+    def acquire(self) -> bool:
+        """Take a slot for a connection that starts a request, if one is free."""
+        if self.active < self.max_concurrent:
+            self.active += 1
+            return True
+        return False
+
     def release(self) -> None:
-        """A request is done: let a waiting connection read its next one."""
-        self.active -= 1
-        while self.waiting and self.active < self.max_concurrent:
+        """A connection has answered all it read: hand its slot to a waiting one."""
+        while self.waiting:
             conn = self.waiting.popleft()
             if conn.transport is not None and not conn.transport.is_closing():
-                conn.resume()
+                conn.take_slot()
                 return
+        self.active -= 1
 
 
 class HttpConnection(asyncio.Protocol):
@@ -118,9 +125,9 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[tuple[Request, bool]] = deque()
         self._busy = False
         self._task: asyncio.Task[None] | None = None
-        self._inflight = 0  # requests begun on this connection and not yet answered
+        self._slot = False  # whether this connection holds one of the worker's request slots
+        self._reading = False  # a request has begun and is not complete yet
         self._paused = False
-        self._throttled = False
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -134,9 +141,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
-        for _ in range(self._inflight):
+        if self._slot:
+            self._slot = False
             self.state.release()
-        self._inflight = 0
         if self._timer is not None:
             self._timer.cancel()
         self.transport = None
@@ -157,13 +164,14 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_bytes = 0
-        self._inflight += 1
-        self.state.active += 1
+        self._reading = True
         self._arm(self.state.request_timeout)
-        if self.state.active > self.state.max_concurrent and not self._throttled:
-            self._throttled = True  # over capacity: read no more until a request finishes
-            self._pause()
-            self.state.waiting.append(self)
+        if not self._slot:
+            if self.state.acquire():
+                self._slot = True
+            else:  # the worker is at capacity: read no more until a slot is ours
+                self._pause()
+                self.state.waiting.append(self)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -204,9 +212,13 @@ class HttpConnection(asyncio.Protocol):
             self._body[0] if len(self._body) == 1 else b"".join(self._body),
         )
         self._body = []
+        self._reading = False
         self._queue.append((request, self.parser.should_keep_alive()))
         self._pause()  # one request at a time; what is already buffered waits in the queue
-        if not self._busy:
+        self._start_answering()
+
+    def _start_answering(self) -> None:
+        if self._slot and not self._busy and self._queue:
             self._busy = True
             self._task = self.loop.create_task(self._answer_queue())
 
@@ -226,16 +238,16 @@ class HttpConnection(asyncio.Protocol):
                 )
             keep_alive = keep_alive and not self.state.closing
             self._write(response, keep_alive, head=request.method == "HEAD")
-            if self._inflight:
-                self._inflight -= 1
-                self.state.release()
             if not keep_alive:
                 self._close()
                 return
         self._busy = False
+        if self._slot and not self._reading:  # all answered: the slot goes to someone else
+            self._slot = False
+            self.state.release()
         if self.transport is not None:
             self._arm(self.state.keepalive_timeout)
-            self.resume()
+            self._resume_reading()
 
     def _write(self, response: Response, keep_alive: bool, *, head: bool = False) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -255,17 +267,21 @@ class HttpConnection(asyncio.Protocol):
 
     # -- flow control and failure -------------------------------------------------------------
 
-    def resume(self) -> None:
-        """Read again (after an answer, or when a throttled connection gets its turn)."""
-        self._throttled = False
-        if self._paused and self.transport is not None and not self._busy:
-            self._paused = False
-            self.transport.resume_reading()
+    def take_slot(self) -> None:
+        """A slot freed up for this waiting connection: go on reading and answering."""
+        self._slot = True
+        self._start_answering()
+        self._resume_reading()
 
     def close_when_idle(self) -> None:
         """Graceful shutdown: close now if idle, else after the answer in progress."""
-        if not self._busy and not self._inflight:
+        if not self._busy and not self._reading and not self._queue:
             self._close()
+
+    def _resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self._busy:
+            self._paused = False
+            self.transport.resume_reading()
 
     def _pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -308,10 +324,11 @@ class HttpConnection(asyncio.Protocol):
         self._timer = self.loop.call_later(seconds, self._timed_out)
 
     def _timed_out(self) -> None:
-        if self._busy:  # waiting for the application is not the client's fault
+        if self._busy or self._queue or (self._reading and not self._slot):
+            # waiting for the application, or for a slot, is not the client's fault
             self._arm(self.state.request_timeout)
             return
-        if self._inflight:
+        if self._reading:
             with contextlib.suppress(Exception):
                 self._write(
                     Response(
