@@ -30,7 +30,7 @@ from headwater.gateway.http import (
     too_large,
 )
 from headwater.gateway.keys import KeyCache
-from headwater.gateway.server import Request, Response
+from headwater.gateway.server import Request, Response, encode_head
 from headwater.gateway.tracking import (
     BATCH_PATHS,
     MAX_BATCH_BYTES,
@@ -56,6 +56,7 @@ CLIENT_METRICS_LIMIT = 512 * 1024
 OTHER_BODY_LIMIT = 64 * 1024
 _encoder = msgspec.json.Encoder()
 _OK_HEADERS = [("content-type", JSON), ("access-control-allow-origin", "*")]
+_OK_HEAD = encode_head(200, _OK_HEADERS)
 
 
 class GatewayApp:
@@ -157,7 +158,7 @@ class GatewayApp:
             return self._error(route, origin, error)
         self.metrics.request(route, 200)
         if origin is None:
-            return Response(200, _OK_HEADERS, body)
+            return Response(200, _OK_HEADERS, body, _OK_HEAD)
         return Response(200, [("content-type", JSON), *cors_headers(origin)], body)
 
     def _other(self, request: Request, route: str, origin: str | None) -> Response:

@@ -54,11 +54,23 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
-    """What to answer: the server adds `content-length` and, if closing, `connection`."""
+    """What to answer: the server adds `content-length` and, if closing, `connection`.
+
+    `head`, when given, is the status line and `headers` already encoded (`encode_head`), for
+    answers sent so often that encoding them every time would show.
+    """
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes = b""
+    head: bytes | None = None
+
+
+def encode_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """The status line and header lines of an answer (without `content-length`)."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    lines.extend(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    return b"".join(lines)
 
 
 class Application(Protocol):
@@ -202,11 +214,17 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        url = httptools.parse_url(self._url)
+        raw = self._url
+        if b"?" in raw or b"%" in raw or not raw.startswith(b"/"):
+            url = httptools.parse_url(raw)
+            path = unquote(url.path.decode("latin-1"))
+            query = (url.query or b"").decode("latin-1")
+        else:  # the common case: a plain path
+            path, query = raw.decode("latin-1"), ""
         request = Request(
             self.parser.get_method().decode("latin-1"),
-            unquote(url.path.decode("latin-1")),
-            (url.query or b"").decode("latin-1"),
+            path,
+            query,
             self._headers,
             self.client,
             self._body[0] if len(self._body) == 1 else b"".join(self._body),
@@ -253,17 +271,11 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         body = response.body
-        lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b""))]
-        lines.extend(
-            b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+        start = response.head or encode_head(response.status, response.headers)
+        tail = b"" if keep_alive else b"connection: close\r\n"
+        self.transport.write(
+            b"%scontent-length: %d\r\n%s\r\n%s" % (start, len(body), tail, b"" if head else body)
         )
-        lines.append(b"content-length: %d\r\n" % len(body))
-        if not keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        if body and not head:
-            lines.append(body)
-        self.transport.write(b"".join(lines))
 
     # -- flow control and failure -------------------------------------------------------------
 
