@@ -30,8 +30,10 @@ def run_of(partition: int, ids: list[str] | list[int], pad: int = 0) -> Run:
 
 
 def settings(**kwargs: Any) -> AppendSettings:
-    """Append settings for tests: no disk floor unless asked for."""
+    """Append settings for tests: no disk floor unless asked for, and segments that start empty
+    (file sizes exact; preallocation has tests of its own) unless asked for."""
     kwargs.setdefault("min_free_disk_bytes", 0)
+    kwargs.setdefault("preallocate", False)
     return AppendSettings(**kwargs)
 
 

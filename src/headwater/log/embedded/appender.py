@@ -24,12 +24,14 @@ from pathlib import Path
 
 from headwater.log.base import LogError, LogUnavailable
 from headwater.log.embedded.frames import HEADER_SIZE, encode_header, recover_tail
+from headwater.log.embedded.spare import SpareSegments
 from headwater.log.embedded.store import LogFiles, connect, open_log
 from headwater.log.records import Run, batch_header
 
 log = logging.getLogger(__name__)
 
 _IOV_MAX = 512
+PREALLOCATE_BELOW_BYTES_PER_S = 16 * 1024 * 1024
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -56,6 +58,7 @@ class AppendSettings:
     max_pending_bytes: int = 32 * 1024 * 1024
     max_group_bytes: int = 8 * 1024 * 1024
     min_free_disk_bytes: int = 64 * 1024 * 1024
+    preallocate: bool = True
 
 
 def now_ms() -> int:
@@ -93,11 +96,19 @@ class SegmentAppender:
         self.commits = 0
         self.committed_records = 0
         self.recovered_bytes = self._recover()
+        self._spare = (
+            SpareSegments(self._files.segments_dir, settings.segment_bytes)
+            if settings.preallocate
+            else None
+        )
+        self._spare_asked = -1
 
     def close(self) -> None:
         """Force everything written to disk and release files."""
         if self._unsynced:
             self.sync()
+        if self._spare is not None:
+            self._spare.close()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -255,14 +266,29 @@ class SegmentAppender:
             end = 0
         else:
             segment, end = int(row[0]), int(row[2])
+            if self._spare is not None and end * 2 >= settings.segment_bytes:
+                self._maybe_prepare_spare(segment, end, now - int(row[1]))
         fd = self._fds.get(segment)
         if fd is None:
             for old in [s for s in self._fds if s != segment]:
                 self._sync_fd(old)
                 os.close(self._fds.pop(old))
-            fd = os.open(self._files.segment_path(segment), os.O_WRONLY | os.O_CREAT, 0o644)
+            path = self._files.segment_path(segment)
+            if end == 0 and self._spare is not None and not path.exists():
+                self._spare.take(path)  # start the segment preallocated if a spare is ready
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             self._fds[segment] = fd
         return segment, fd, end
+
+    def _maybe_prepare_spare(self, segment: int, size: int, age_ms: int) -> None:
+        """Half way through a segment, ask for a preallocated next one if this one fills
+        slowly. Zero-filling doubles the bytes written, which a fast (batch) stream cannot
+        afford, and its large commits gain little from a cheaper fsync."""
+        if self._spare is None or self._spare_asked == segment:
+            return
+        self._spare_asked = segment
+        if size * 1000 // max(1, age_ms) < PREALLOCATE_BELOW_BYTES_PER_S:
+            self._spare.request()
 
     def _sync_fd(self, segment: int) -> None:
         if segment in self._unsynced:

@@ -77,6 +77,11 @@ class EmbeddedLogReader:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
+    def segment_sizes(self) -> dict[int, int]:
+        """Bytes written to each segment (files may be larger: preallocated)."""
+        rows = self._conn.execute("SELECT segment, bytes FROM segments")
+        return {int(s): int(b) for s, b in rows}
+
     def size_bytes(self) -> int:
         """Bytes of data on disk (segment files), the figure retention bounds."""
         row = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM segments").fetchone()
