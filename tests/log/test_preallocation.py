@@ -129,3 +129,13 @@ def test_closing_stops_the_preparation(tmp_path: Path) -> None:
     big.close()  # while half a gigabyte of zeros is being written
     assert time.monotonic() - started < 5
     assert not list((root / "segments").glob("*.tmp"))
+
+
+def test_a_spare_left_half_made_by_a_killed_process_is_cleaned_up(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    (root / "segments").mkdir(parents=True)
+    stale = root / "segments" / "spare.999999999.1.tmp"  # no such process
+    stale.write_bytes(b"\0" * 100)
+    appender = _appender(root)
+    appender.close()
+    assert not stale.exists()

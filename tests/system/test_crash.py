@@ -17,7 +17,8 @@ from tests.support.server import WRITE_KEY, HeadwaterServer, basic
 
 CLIENTS = 8
 MAX_REQUESTS_PER_CLIENT = 2000
-LOAD_SECONDS = 3.0
+ACKED_BEFORE_KILL = 3000  # messages; the kill comes once this many are acknowledged
+LOAD_SECONDS = 20.0  # at most
 
 
 def _load(
@@ -55,12 +56,14 @@ def test_sigkill_under_load_loses_no_acknowledged_message(fresh_server: Headwate
     ]
     for t in threads:
         t.start()
-    time.sleep(LOAD_SECONDS)
+    deadline = time.monotonic() + LOAD_SECONDS
+    while len(acked) < ACKED_BEFORE_KILL and time.monotonic() < deadline:
+        time.sleep(0.05)
     fresh_server.kill()  # mid-load, no warning, every process
     stop.set()
     for t in threads:
         t.join(30)
-    assert len(acked) > 1000, "the load did not get going"
+    assert len(acked) >= ACKED_BEFORE_KILL, "the load did not get going"
 
     fresh_server.start()  # recovery happens here
     stored = Counter(

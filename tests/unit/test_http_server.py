@@ -13,6 +13,7 @@ import pytest
 from headwater.gateway.server import (
     MAX_HEADER_BYTES,
     Request,
+    Respond,
     Response,
     ServerState,
     connection_factory,
@@ -27,6 +28,7 @@ class EchoApp:
 
     gate: asyncio.Event | None = None
     seen: list[Request] = field(default_factory=list)
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)
     running: int = 0
     most_running: int = 0
 
@@ -40,18 +42,25 @@ class EchoApp:
             b'{"code":"payload_too_large","message":"too large"}',
         )
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request, respond: Respond) -> None:
         self.seen.append(request)
+        if request.path == "/boom":
+            raise RuntimeError("a bug")
         self.running += 1
         self.most_running = max(self.most_running, self.running)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            if request.path == "/boom":
-                raise RuntimeError("a bug")
-            return Response(200, [("x-path", request.path)], request.body or b"-")
-        finally:
-            self.running -= 1
+        if self.gate is None:
+            self._answer(request, respond)
+        else:  # answered later, as the log's acknowledgement would be
+            self.waiting.append(asyncio.ensure_future(self._later(request, respond)))
+
+    async def _later(self, request: Request, respond: Respond) -> None:
+        assert self.gate is not None
+        await self.gate.wait()
+        self._answer(request, respond)
+
+    def _answer(self, request: Request, respond: Respond) -> None:
+        self.running -= 1
+        respond(Response(200, [("x-path", request.path)], request.body or b"-"))
 
 
 @dataclass

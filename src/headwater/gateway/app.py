@@ -30,7 +30,7 @@ from headwater.gateway.http import (
     too_large,
 )
 from headwater.gateway.keys import KeyCache
-from headwater.gateway.server import Request, Response, encode_head
+from headwater.gateway.server import Request, Respond, Response, encode_head
 from headwater.gateway.tracking import (
     BATCH_PATHS,
     MAX_BATCH_BYTES,
@@ -133,33 +133,40 @@ class GatewayApp:
         """The answer to a body over the limit (sent before reading it)."""
         return self._error(_route(request.path), request.headers.get("origin"), too_large(limit))
 
-    async def handle(self, request: Request) -> Response:
-        """Answer one request."""
+    def handle(self, request: Request, respond: Respond) -> None:
+        """Answer one request: now, or for the Tracking API once the log has acknowledged."""
         path = request.path
         method = request.method
         route = _route(path)
         origin = request.headers.get("origin")
+
+        def stored(result: bytes | HttpError) -> None:
+            if isinstance(result, HttpError):
+                respond(self._error(route, origin, result))
+                return
+            self.metrics.request(route, 200)
+            if origin is None:
+                respond(Response(200, _OK_HEADERS, result, _OK_HEAD))
+            else:
+                respond(Response(200, [("content-type", JSON), *cors_headers(origin)], result))
+
         try:
             if method == "POST" and path in BATCH_PATHS:
-                body = await self.tracking.batch(request)
+                self.tracking.batch(request, stored)
             elif method == "POST" and path in SINGLE_PATHS:
-                body = await self.tracking.single(request, SINGLE_PATHS[path])
+                self.tracking.single(request, SINGLE_PATHS[path], stored)
             elif method == "OPTIONS":
                 self.metrics.request(route, 204)
                 requested = request.headers.get("access-control-request-headers")
-                return Response(204, preflight_headers(origin, requested))
+                respond(Response(204, preflight_headers(origin, requested)))
             else:
-                return self._other(request, route, origin)
+                respond(self._other(request, route, origin))
         except HttpError as exc:
-            return self._error(route, origin, exc)
+            respond(self._error(route, origin, exc))
         except Exception:
             log.exception("unexpected error on %s", path)
             error = HttpError(500, "internal_error", "internal error; nothing was stored")
-            return self._error(route, origin, error)
-        self.metrics.request(route, 200)
-        if origin is None:
-            return Response(200, _OK_HEADERS, body, _OK_HEAD)
-        return Response(200, [("content-type", JSON), *cors_headers(origin)], body)
+            respond(self._error(route, origin, error))
 
     def _other(self, request: Request, route: str, origin: str | None) -> Response:
         path = request.path

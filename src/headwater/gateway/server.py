@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
@@ -66,11 +66,21 @@ class Response:
     head: bytes | None = None
 
 
+_INTERNAL_ERROR = Response(
+    500,
+    [("content-type", "application/json")],
+    b'{"code":"internal_error","message":"internal error"}',
+)
+
+
 def encode_head(status: int, headers: list[tuple[str, str]]) -> bytes:
     """The status line and header lines of an answer (without `content-length`)."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
     lines.extend(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
     return b"".join(lines)
+
+
+Respond = Callable[[Response], None]
 
 
 class Application(Protocol):
@@ -84,8 +94,10 @@ class Application(Protocol):
         """The answer to a request whose body is over `limit`."""
         ...
 
-    def handle(self, request: Request) -> Awaitable[Response]:
-        """Answer a request."""
+    def handle(self, request: Request, respond: Respond) -> None:
+        """Answer a request by calling `respond` once, now or later (say, when the log has
+        acknowledged it). No task or future per request: that is most of what an event loop
+        would otherwise spend on a small request."""
         ...
 
 
@@ -136,7 +148,7 @@ class HttpConnection(asyncio.Protocol):
         self._limit = 0
         self._queue: deque[tuple[Request, bool]] = deque()
         self._busy = False
-        self._task: asyncio.Task[None] | None = None
+        self._current: tuple[Request, bool] | None = None
         self._slot = False  # whether this connection holds one of the worker's request slots
         self._reading = False  # a request has begun and is not complete yet
         self._paused = False
@@ -236,30 +248,34 @@ class HttpConnection(asyncio.Protocol):
         self._start_answering()
 
     def _start_answering(self) -> None:
-        if self._slot and not self._busy and self._queue:
-            self._busy = True
-            self._task = self.loop.create_task(self._answer_queue())
+        if not self._slot or self._busy or not self._queue or self.transport is None:
+            return
+        self._busy = True
+        self._current = request, _keep_alive = self._queue.popleft()
+        try:
+            self.app.handle(request, self._respond)
+        except Exception:
+            log.exception("unhandled error answering %s %s", request.method, request.path)
+            self._respond(_INTERNAL_ERROR)
 
     # -- answering ----------------------------------------------------------------------------
 
-    async def _answer_queue(self) -> None:
-        while self._queue and self.transport is not None:
-            request, keep_alive = self._queue.popleft()
-            try:
-                response = await self.app.handle(request)
-            except Exception:
-                log.exception("unhandled error answering %s %s", request.method, request.path)
-                response = Response(
-                    500,
-                    [("content-type", "application/json")],
-                    b'{"code":"internal_error","message":"internal error"}',
-                )
-            keep_alive = keep_alive and not self.state.closing
-            self._write(response, keep_alive, head=request.method == "HEAD")
-            if not keep_alive:
-                self._close()
-                return
+    def _respond(self, response: Response) -> None:
+        current = self._current
+        if current is None:  # answered twice: keep the first
+            log.error("a request was answered twice; the second answer is dropped")
+            return
+        self._current = None
+        request, keep_alive = current
+        keep_alive = keep_alive and not self.state.closing
+        self._write(response, keep_alive, head=request.method == "HEAD")
         self._busy = False
+        if not keep_alive:
+            self._close()
+            return
+        if self._queue:  # pipelined requests: the next one, on the next loop turn
+            self.loop.call_soon(self._start_answering)
+            return
         if self._slot and not self._reading:  # all answered: the slot goes to someone else
             self._slot = False
             self.state.release()

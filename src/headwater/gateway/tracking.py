@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +30,13 @@ from headwater.events.schema import (
 )
 from headwater.events.stamp import Stamp, encode_stamp
 from headwater.events.validate import Dropped, check, coerce
-from headwater.gateway.http import ClientAddress, HttpError, basic_auth_key, request_body
+from headwater.gateway.http import (
+    SUCCESS_BODY,
+    ClientAddress,
+    HttpError,
+    basic_auth_key,
+    request_body,
+)
 from headwater.gateway.keys import KeyCache
 from headwater.gateway.server import Request
 from headwater.log.base import LogAppender, LogError
@@ -58,6 +65,9 @@ BATCH_PATHS = frozenset({"/v1/batch", "/v1/b", "/v1/import"})
 
 _encoder = msgspec.json.Encoder()
 
+Done = Callable[[bytes | HttpError], None]
+"""Called once with the response body, or with the error to answer instead."""
+
 
 class Outcome(msgspec.Struct):
     """The response body when messages were dropped: still a success for the client (the
@@ -85,8 +95,10 @@ class Tracking:
         self.clients = clients
         self._auth_cache: dict[str, str] = {}
 
-    async def batch(self, request: Request) -> bytes:
-        """`/v1/batch`, `/v1/b`, `/v1/import`."""
+    def batch(self, request: Request, done: Done) -> None:
+        """`/v1/batch`, `/v1/b`, `/v1/import`: raises `HttpError` for a request it refuses
+        outright, else calls `done` with the response body, or the error, once the log has
+        answered."""
         started = time.perf_counter()
         header_key, header_grant = self._header_grant(request)
         body = request_body(request, MAX_BATCH_BYTES)
@@ -125,10 +137,10 @@ class Tracking:
             None if envelope.context is UNSET else bytes(envelope.context),
             None if envelope.integrations is UNSET else bytes(envelope.integrations),
         )
-        return await self._store(raws, messages, lenient, stamp, grant, key, started)
+        self._store(raws, messages, lenient, stamp, grant, key, started, done)
 
-    async def single(self, request: Request, message_type: str) -> bytes:
-        """`/v1/track`, `/v1/t` and the other single-message paths."""
+    def single(self, request: Request, message_type: str, done: Done) -> None:
+        """`/v1/track`, `/v1/t` and the other single-message paths (as `batch`)."""
         started = time.perf_counter()
         header_key, header_grant = self._header_grant(request)
         body = request_body(request, MAX_MESSAGE_BYTES)
@@ -148,9 +160,9 @@ class Tracking:
         else:
             grant, key = header_grant, header_key
         stamp = Stamp(datetime.now(UTC), None, self.clients.of(request), path_type=message_type)
-        return await self._store([Raw(body)], [message], [lenient], stamp, grant, key, started)
+        self._store([Raw(body)], [message], [lenient], stamp, grant, key, started, done)
 
-    async def _store(
+    def _store(
         self,
         raws: list[Raw],
         messages: list[Any],
@@ -159,9 +171,10 @@ class Tracking:
         grant: KeyGrant,
         key: str | None,
         started: float,
-    ) -> bytes:
+        done: Done,
+    ) -> None:
         """Check every message; store the valid ones (`lenient[i]`: message i needs `coerce`,
-        None: none does) and return the response body once they are durable."""
+        None: none does) and call `done` with the response body once they are durable."""
         partitions = self.partitions
         buckets: list[list[Any]] = [[] for _ in range(partitions)]
         path_type = stamp.path_type
@@ -190,25 +203,28 @@ class Tracking:
             # partition_for(), inlined: this runs for every event
             buckets[xxh3_64_intdigest(message_id.encode()) % partitions].append(raw)
         accepted = len(messages) - (0 if dropped is None else len(dropped))
-        if accepted:
-            stamp_bytes = encode_stamp(stamp)
-            runs = [
-                Run(p, encode_run(source_id, stamp_bytes, msgs), len(msgs))
-                for p, msgs in enumerate(buckets)
-                if msgs
-            ]
-            try:
-                await self.writer.append(runs, sum(len(r.payload) for r in runs))
-            except LogError as exc:
-                self.metrics.reject(exc.code, accepted)
-                raise HttpError(
-                    exc.status, exc.code, str(exc), retry_after=exc.retry_after
-                ) from None
-            self.metrics.accept(source_id, accepted)
-            self.metrics.observe_ack(time.perf_counter() - started)
-        if dropped is None:
-            return b'{"success":true}'
-        return _encoder.encode(Outcome(True, dropped))
+        body = SUCCESS_BODY if dropped is None else _encoder.encode(Outcome(True, dropped))
+        if not accepted:
+            done(body)
+            return
+        stamp_bytes = encode_stamp(stamp)
+        runs = [
+            Run(p, encode_run(source_id, stamp_bytes, msgs), len(msgs))
+            for p, msgs in enumerate(buckets)
+            if msgs
+        ]
+        metrics = self.metrics
+
+        def durable(error: LogError | None) -> None:
+            if error is None:
+                metrics.accept(source_id, accepted)
+                metrics.observe_ack(time.perf_counter() - started)
+                done(body)
+            else:
+                metrics.reject(error.code, accepted)
+                done(HttpError(error.status, error.code, str(error), retry_after=error.retry_after))
+
+        self.writer.submit(runs, sum(len(r.payload) for r in runs), durable)
 
     def _header_grant(self, request: Request) -> tuple[str | None, KeyGrant | None]:
         """The write key of the Authorization header and its grant; (None, None) if the

@@ -7,6 +7,7 @@ acknowledges anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from headwater.log.records import RecordBatch, Run
@@ -35,10 +36,15 @@ class LogUnavailable(LogError):
 
 
 class LogAppender(Protocol):
-    """Appends encoded records to partitions; returns once they are durable."""
+    """Appends encoded records to partitions; says when they are durable."""
+
+    def submit(self, runs: list[Run], nbytes: int, done: Callable[[LogError | None], None]) -> None:
+        """Store every run in its partition, all or nothing; call `done(None)` once durable,
+        or `done(error)` if not (perhaps before returning)."""
+        ...
 
     async def append(self, runs: list[Run], nbytes: int) -> None:
-        """Store every run in its partition, all or nothing; return once durable."""
+        """`submit` as a coroutine: return once durable, raise `LogError` if not."""
         ...
 
     def close(self) -> None:

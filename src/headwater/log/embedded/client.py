@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import msgspec
 
@@ -20,6 +21,9 @@ from headwater.log.records import Run
 log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 64 * 1024
+
+Done = Callable[[LogError | None], None]
+"""Called once per `submit`: with None when the runs are durable, else with the error."""
 
 
 class LogClient(asyncio.Protocol):
@@ -47,7 +51,7 @@ class LogClient(asyncio.Protocol):
         self.ack_timeout = ack_timeout
         self._transport: asyncio.Transport | None = None
         self._reader = FrameReader(self._on_frame)
-        self._waiters: dict[int, tuple[asyncio.Future[None], int, float]] = {}
+        self._waiters: dict[int, tuple[Done, int, float]] = {}
         self._inflight = 0
         self._next_id = 1
         self._out: list[Request] = []
@@ -97,7 +101,7 @@ class LogClient(asyncio.Protocol):
                 with contextlib.suppress(OSError):
                     await loop.create_unix_connection(lambda: self, self.path)
             elif self._waiters:
-                _fut, _n, sent = next(iter(self._waiters.values()))  # the oldest
+                _done, _n, sent = next(iter(self._waiters.values()))  # the oldest
                 if loop.time() - sent > self.ack_timeout:
                     log.error(
                         "the log server has not answered for %.0fs; reconnecting", self.ack_timeout
@@ -107,17 +111,19 @@ class LogClient(asyncio.Protocol):
 
     # -- appending ----------------------------------------------------------------------------
 
-    async def append(self, runs: list[Run], nbytes: int) -> None:
-        """Store every run in its partition; returns once durable, raises `LogError` if not."""
+    def submit(self, runs: list[Run], nbytes: int, done: Done) -> None:
+        """Store every run in its partition and call `done(None)` once they are durable, or
+        `done(error)` with the `LogError` that kept them from it (perhaps at once)."""
         if self._transport is None:
-            raise LogUnavailable("the log server is not reachable", retry_after=1)
+            done(LogUnavailable("the log server is not reachable", retry_after=1))
+            return
         if self._inflight + nbytes > self.max_pending_bytes:
-            raise LogBackpressure("the log is behind; retry shortly", retry_after=1)
+            done(LogBackpressure("the log is behind; retry shortly", retry_after=1))
+            return
         loop = self._loop or asyncio.get_running_loop()
         request_id = self._next_id
         self._next_id += 1
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters[request_id] = (fut, nbytes, loop.time())
+        self._waiters[request_id] = (done, nbytes, loop.time())
         self._inflight += nbytes
         self._out.append((request_id, runs))
         self._out_bytes += nbytes
@@ -126,6 +132,20 @@ class LogClient(asyncio.Protocol):
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
+
+    async def append(self, runs: list[Run], nbytes: int) -> None:
+        """`submit` as a coroutine: returns once durable, raises `LogError` if not."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(error: LogError | None) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        self.submit(runs, nbytes, done)
         await fut
 
     def _flush(self) -> None:
@@ -162,21 +182,25 @@ class LogClient(asyncio.Protocol):
             entry = waiters.pop(request_id, None)
             if entry is not None:
                 self._inflight -= entry[1]
-                if not entry[0].done():
-                    entry[0].set_result(None)
+                _call(entry[0], None)
         for request_id, status, code, message, retry_after in failed:
             entry = waiters.pop(request_id, None)
             if entry is not None:
                 self._inflight -= entry[1]
-                if not entry[0].done():
-                    entry[0].set_exception(_error(status, code, message, retry_after))
+                _call(entry[0], _error(status, code, message, retry_after))
 
     def _fail_all(self, error: LogError) -> None:
         waiters, self._waiters = self._waiters, {}
         self._inflight = 0
-        for fut, _n, _sent in waiters.values():
-            if not fut.done():
-                fut.set_exception(error)
+        for done, _n, _sent in waiters.values():
+            _call(done, error)
+
+
+def _call(done: Done, error: LogError | None) -> None:
+    try:
+        done(error)
+    except Exception:  # a caller's bug must not stop the acknowledgements of the others
+        log.exception("a log completion callback failed")
 
 
 def _error(status: int, code: str, message: str, retry_after: int) -> LogError:

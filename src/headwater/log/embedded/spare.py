@@ -32,6 +32,10 @@ class SpareSegments:
         self.directory = directory
         self.size = size
         self.path = directory / "spare.next"
+        for stale in directory.glob("spare.*.tmp"):  # left by a process killed while preparing
+            if not _alive(stale.name.split(".")[1]):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
         self._wanted = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="spare-segment", daemon=True)
@@ -86,6 +90,16 @@ class SpareSegments:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
         os.rename(tmp, self.path)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:
