@@ -146,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._limit = 0
+        self._target = ("", "")
         self._queue: deque[tuple[Request, bool]] = deque()
         self._busy = False
         self._current: tuple[Request, bool] | None = None
@@ -210,7 +211,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         method = self.parser.get_method().decode("latin-1")
-        self._limit = self.app.body_limit(method, self._path())
+        self._target = _split_target(self._url)
+        self._limit = self.app.body_limit(method, self._target[0])
         length = self._headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self._limit:
             self._refuse_too_large()
@@ -226,13 +228,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        raw = self._url
-        if b"?" in raw or b"%" in raw or not raw.startswith(b"/"):
-            url = httptools.parse_url(raw)
-            path = unquote(url.path.decode("latin-1"))
-            query = (url.query or b"").decode("latin-1")
-        else:  # the common case: a plain path
-            path, query = raw.decode("latin-1"), ""
+        path, query = self._target
         request = Request(
             self.parser.get_method().decode("latin-1"),
             path,
@@ -324,7 +320,11 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse_too_large(self) -> None:
         request = Request(
-            self.parser.get_method().decode("latin-1"), self._path(), "", self._headers, self.client
+            self.parser.get_method().decode("latin-1"),
+            self._target[0],
+            "",
+            self._headers,
+            self.client,
         )
         self._respond_and_close(self.app.too_large(request, self._limit))
         raise httptools.HttpParserError("body too large")
@@ -368,11 +368,16 @@ class HttpConnection(asyncio.Protocol):
                 )
         self._close()
 
-    def _path(self) -> str:
-        try:
-            return unquote(httptools.parse_url(self._url).path.decode("latin-1"))
-        except httptools.HttpParserInvalidURLError:
-            return ""
+
+def _split_target(raw: bytes) -> tuple[str, str]:
+    """(path, query) of a request target, the path percent-decoded."""
+    if b"?" not in raw and b"%" not in raw and raw.startswith(b"/"):
+        return raw.decode("latin-1"), ""  # the common case: a plain path
+    try:
+        url = httptools.parse_url(raw)
+    except httptools.HttpParserInvalidURLError:
+        return "", ""
+    return unquote(url.path.decode("latin-1")), (url.query or b"").decode("latin-1")
 
 
 ConnectionFactory = Callable[[], HttpConnection]
