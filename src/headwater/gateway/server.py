@@ -200,14 +200,20 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._headers_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._headers_too_large()
         key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        headers = self._headers
+        if key in headers:  # a repeated header: its values joined, as RFC 9110 allows
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+        else:
+            headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         method = self.parser.get_method().decode("latin-1")
@@ -312,11 +318,9 @@ class HttpConnection(asyncio.Protocol):
             self._paused = True
             self.transport.pause_reading()
 
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._fail(431, b"request headers too large")
-            raise httptools.HttpParserError("headers too large")
+    def _headers_too_large(self) -> None:
+        self._fail(431, b"request headers too large")
+        raise httptools.HttpParserError("headers too large")
 
     def _refuse_too_large(self) -> None:
         request = Request(

@@ -176,7 +176,7 @@ class Tracking:
         """Check every message; store the valid ones (`lenient[i]`: message i needs `coerce`,
         None: none does) and call `done` with the response body once they are durable."""
         partitions = self.partitions
-        buckets: list[list[Any]] = [[] for _ in range(partitions)]
+        buckets: dict[int, list[Any]] = {}
         path_type = stamp.path_type
         source_id = grant.source_id
         dropped: list[dict[str, Any]] | None = None
@@ -201,7 +201,12 @@ class Tracking:
             if not message_id:
                 message_id, raw = _with_message_id(raw, msg)
             # partition_for(), inlined: this runs for every event
-            buckets[xxh3_64_intdigest(message_id.encode()) % partitions].append(raw)
+            p = xxh3_64_intdigest(message_id.encode()) % partitions
+            bucket = buckets.get(p)
+            if bucket is None:
+                buckets[p] = [raw]
+            else:
+                bucket.append(raw)
         accepted = len(messages) - (0 if dropped is None else len(dropped))
         body = SUCCESS_BODY if dropped is None else _encoder.encode(Outcome(True, dropped))
         if not accepted:
@@ -210,8 +215,7 @@ class Tracking:
         stamp_bytes = encode_stamp(stamp)
         runs = [
             Run(p, encode_run(source_id, stamp_bytes, msgs), len(msgs))
-            for p, msgs in enumerate(buckets)
-            if msgs
+            for p, msgs in buckets.items()
         ]
         metrics = self.metrics
 
