@@ -111,7 +111,9 @@ class HeadwaterServer:
         if self.proc is None:
             return
         pids = [*_descendants(self.proc.pid), self.proc.pid]
-        for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # the supervisor and its workers at once,
+            os.killpg(self.proc.pid, signal.SIGKILL)  # so none is respawned meanwhile
+        for pid in pids:  # and the log server, in a session of its own
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait()

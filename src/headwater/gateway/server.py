@@ -308,6 +308,11 @@ class HttpConnection(asyncio.Protocol):
         if not self._busy and not self._reading and not self._queue:
             self._close()
 
+    def abort(self) -> None:
+        """Drop the connection now (shutdown ran out of time)."""
+        if self.transport is not None:
+            self.transport.abort()
+
     def _resume_reading(self) -> None:
         if self._paused and self.transport is not None and not self._busy:
             self._paused = False

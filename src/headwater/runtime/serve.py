@@ -125,6 +125,8 @@ async def _serve(config: Config, paths: DataPaths, sock: socket.socket) -> None:
     try:
         await stopped.wait()
     finally:
+        # The process must end whatever happens below (a stuck client, a stuck log server).
+        loop.call_later(SHUTDOWN_GRACE + 5, os._exit, 1)
         server.close()  # no new connections; answer what is in progress, then close
         state.closing = True
         for conn in list(state.connections):
@@ -132,6 +134,8 @@ async def _serve(config: Config, paths: DataPaths, sock: socket.socket) -> None:
         deadline = loop.time() + SHUTDOWN_GRACE
         while state.connections and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        for conn in list(state.connections):  # out of time: what is left is dropped
+            conn.abort()
         with contextlib.suppress(Exception):
-            await server.wait_closed()
+            await asyncio.wait_for(server.wait_closed(), 1.0)
         app.close()
