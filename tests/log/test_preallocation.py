@@ -39,17 +39,32 @@ def _appender(root: Path, clock: Clock | None = None) -> SegmentAppender:
     return SegmentAppender(root, config, clock_ms=clock)
 
 
-def test_a_new_segment_starts_from_the_prepared_spare(tmp_path: Path) -> None:
-    root = tmp_path / "log"
-    appender = _appender(root)
+def _fill_slowly_past_half(appender: SegmentAppender, clock: Clock, root: Path) -> None:
+    """Write half a segment at 4 KB a second: the appender asks for a spare; wait for it."""
+    for i in range(9):
+        clock.now += 1_000
+        appender.commit([[run_of(i % 2, [f"h{i}"], pad=4000)]])
     _wait_for_spare(root)
-    appender.commit([[run_of(0, ["a"])]])  # the first segment takes the spare
-    [first] = segment_files(root)
-    assert first.stat().st_size == SEGMENT  # allocated whole, zeros after the data
+
+
+def test_a_slowly_filling_segment_is_followed_by_a_preallocated_one(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    clock = Clock()
+    appender = _appender(root, clock)
+    assert not _spare(root).exists()  # nothing is written ahead of need
+    _fill_slowly_past_half(appender, clock, root)
+    assert _spare(root).stat().st_size == SEGMENT
+    for i in range(9):  # on to the next segment
+        clock.now += 1_000
+        appender.commit([[run_of(i % 2, [f"n{i}"], pad=4000)]])
     appender.close()
+    first, second = segment_files(root)[:2]
     reader = EmbeddedLogReader(root)
-    assert partition_ids(reader, 0) == ["a"]
-    assert reader.size_bytes() < SEGMENT  # what is written, not what is allocated
+    logical = reader.segment_sizes()
+    assert first.stat().st_size == logical[int(first.stem)]  # written as it grew
+    assert second.stat().st_size == SEGMENT > logical[int(second.stem)]  # allocated whole
+    assert partition_ids(reader, 0)[-1] == "n8"
+    assert reader.size_bytes() == sum(logical.values())  # what is written, not allocated
     reader.close()
 
 
@@ -74,28 +89,31 @@ def test_slowly_filled_segments_roll_into_preallocated_ones(tmp_path: Path) -> N
 
 def test_recovery_stops_at_the_zeros_of_a_preallocated_segment(tmp_path: Path) -> None:
     root = tmp_path / "log"
-    appender = _appender(root)
-    _wait_for_spare(root)
-    appender.commit([[run_of(0, ["a0"])]])
+    clock = Clock()
+    appender = _appender(root, clock)
+    _fill_slowly_past_half(appender, clock, root)
+    clock.now += 1_000
+    appender.commit([[run_of(0, ["big"], pad=40_000)]])  # fills the first segment
+    appender.commit([[run_of(0, ["a0"])]])  # the first frame of the preallocated one
     snapshot = snapshot_index(root)
     appender.commit([[run_of(0, ["b0"]), run_of(1, ["b1"])]])
     appender.close()
     restore_index(root, snapshot)  # the index lost the last commit, the frames did not
 
-    again = _appender(root)
+    again = _appender(root, clock)
     assert again.recovered_bytes > 0
     again.commit([[run_of(0, ["c0"])]])
     again.close()
     reader = EmbeddedLogReader(root)
-    assert partition_ids(reader, 0) == ["a0", "b0", "c0"]
-    assert partition_ids(reader, 1) == ["b1"]
+    assert partition_ids(reader, 0)[-3:] == ["a0", "b0", "c0"]
+    assert partition_ids(reader, 1)[-1] == "b1"
+    assert segment_files(root)[-1].stat().st_size == SEGMENT
     reader.close()
 
 
 def test_fast_streams_do_not_pay_for_zero_filling(tmp_path: Path) -> None:
     root = tmp_path / "log"
     appender = _appender(root)
-    _wait_for_spare(root)
     for i in range(20):  # 20 KB a commit, a segment every few milliseconds: a batch stream
         appender.commit([[run_of(i % 2, [f"m{i}"], pad=20_000)]])
     time.sleep(0.2)
@@ -105,8 +123,8 @@ def test_fast_streams_do_not_pay_for_zero_filling(tmp_path: Path) -> None:
     reader = EmbeddedLogReader(root)
     logical = reader.segment_sizes()
     reader.close()
-    # after the one spare made at start, segments are written as they grow, never zero-filled
-    assert all(f.stat().st_size == logical[int(f.stem)] for f in files[1:])
+    # segments are written as they grow, never zero-filled
+    assert all(f.stat().st_size == logical[int(f.stem)] for f in files)
     assert not _spare(root).exists()
 
 

@@ -3,10 +3,11 @@
 `fdatasync` of a write that grows a file also commits the file system's metadata (the new size,
 the new extents); on a file whose blocks are already written it only flushes the data. On the
 reference machine that halves the cost of each group commit's fsync, which is what bounds a
-stream of small requests. A background thread prepares a spare segment (`segments/spare.next`,
-`segment_bytes` of zeros, fsynced) when asked (at start, and by the appender when segments fill
-slowly); the appender renames it into place when it rolls to a new segment (and fsyncs the
-directory, so that the new name is as durable as the data written into it).
+stream of small requests. A background thread prepares a spare segment
+(`segments/spare.next`, `segment_bytes` of zeros, fsynced) when asked (by the appender, half
+way through a segment that fills slowly); the appender renames it into place when it rolls to
+a new segment (and fsyncs the directory, so that the new name is as durable as the data
+written into it).
 
 A zero-filled tail is harmless: readers go by the index, and recovery stops at the first bytes
 that are not a frame.
@@ -39,7 +40,6 @@ class SpareSegments:
         self._wanted = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="spare-segment", daemon=True)
-        self._wanted.set()
         self._thread.start()
 
     def request(self) -> None:
