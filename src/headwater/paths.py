@@ -20,9 +20,5 @@ class DataPaths:
         return self.root / "log" / name
 
     @property
-    def run_dir(self) -> Path:
-        return self.root / "run"
-
-    @property
     def metrics_dir(self) -> Path:
         return self.root / "run" / "metrics"

@@ -227,6 +227,23 @@ def decode_for_check(raw: Raw | bytes) -> tuple[Any, bool]:
         raise msgspec.DecodeError(TOO_DEEP) from None
 
 
+def decode_single(body: bytes) -> tuple[Any, bool, bytes]:
+    """The body of a single-message path for checking, as `decode_for_check`, plus the body
+    the message was read from (repaired if it had lone surrogates, see `repair_surrogates`).
+
+    Raises `msgspec.DecodeError` when the body is not JSON.
+    """
+    try:
+        message, lenient = decode_for_check(body)
+    except msgspec.DecodeError:
+        repaired = repair_surrogates(body)
+        if repaired is None:
+            raise
+        message, lenient = decode_for_check(repaired)
+        return message, lenient, repaired
+    return message, lenient, body
+
+
 def decode_message(raw: Raw | bytes) -> Item:
     """Decode one message: strictly when it can be, else leniently with its unknown fields."""
     try:

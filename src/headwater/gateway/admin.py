@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
 
-from headwater.control.store import ControlError, ControlStore, Source, Workspace, hash_token
+from headwater.control.store import ControlError, ControlStore, Source, Workspace
 from headwater.gateway.http import HttpError
 
 _encoder = msgspec.json.Encoder()
@@ -59,12 +58,11 @@ class AdminApi:
         self.store = store
 
     def authorize(self, header: str | None) -> None:
-        stored = self.store.admin_token_hash()
-        if stored is None:
+        if not self.store.has_admin_token():
             raise HttpError(403, "admin_disabled", "no admin token is configured")
         if not header or header[:7].lower() != "bearer ":
             raise HttpError(401, "unauthorized", "send Authorization: Bearer <admin token>")
-        if not hmac.compare_digest(stored, hash_token(header[7:].strip())):
+        if not self.store.check_admin_token(header[7:].strip()):
             raise HttpError(401, "unauthorized", "wrong admin token")
 
     def handle(self, method: str, path: str, query: str, body: bytes) -> tuple[int, bytes]:

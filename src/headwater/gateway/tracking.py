@@ -26,7 +26,7 @@ from headwater.events.schema import (
     decode_envelope,
     decode_for_check,
     decode_object,
-    repair_surrogates,
+    decode_single,
 )
 from headwater.events.stamp import Stamp, encode_stamp
 from headwater.events.validate import Dropped, check, coerce
@@ -145,13 +145,9 @@ class Tracking:
         header_key, header_grant = self._header_grant(request)
         body = request_body(request, MAX_MESSAGE_BYTES)
         try:
-            message, lenient = decode_for_check(body)
+            message, lenient, body = decode_single(body)
         except msgspec.DecodeError as exc:
-            repaired = repair_surrogates(body)
-            if repaired is None:
-                raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-            body = repaired
-            message, lenient = decode_for_check(body)
+            raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         if message is None:
             raise HttpError(400, reasons.BAD_REQUEST, "the body must be a JSON object")
         if header_grant is None:
