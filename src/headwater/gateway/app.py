@@ -8,7 +8,6 @@ and metrics.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from headwater.observability.metrics import (
     render,
 )
 from headwater.paths import DataPaths
+from headwater.process import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -268,18 +268,6 @@ class GatewayApp:
         except Exception:
             log.exception("reading log gauges failed")
         return render(snapshot, gauges, self.writer.pending_bytes)
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a request loop.
-
-    Nearly everything a request allocates is freed by reference counting; the collector only
-    has cycles to find (exception tracebacks). Freezing what start-up allocated keeps full
-    collections from walking it, and a high first threshold makes young collections rare.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def _route(path: str) -> str:

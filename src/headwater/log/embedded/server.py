@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import fcntl
 import functools
-import gc
 import logging
 import os
 import selectors
@@ -38,6 +37,7 @@ from headwater.log.embedded.protocol import (
 )
 from headwater.log.embedded.retention import enforce_retention
 from headwater.log.records import Run
+from headwater.process import tune_gc
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except AlreadyRunning as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     server.serve(args.parent)
