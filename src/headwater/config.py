@@ -66,10 +66,16 @@ class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The log every stage reads and writes."""
+    """The log every stage reads and writes: embedded files, or NATS JetStream streams."""
 
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "jetstream"] = "embedded"
     partitions: int = 8
+    # jetstream only: where, how replicated, under which names, how leases expire
+    url: str = "nats://127.0.0.1:4222"
+    replicas: int = 1
+    prefix: str = "headwater"
+    duplicate_window: int | float | str = "10m"
+    lease_ttl: int | float | str = "6s"
     fsync: Literal["always", "interval"] = "always"
     fsync_interval: int | float | str = "50ms"
     segment_bytes: int | str = "64MB"
@@ -129,8 +135,14 @@ def _check(config: Config) -> None:
         log.retention.max_bytes,
     ):
         parse_size(size)
-    for duration in (log.fsync_interval, log.retention.max_age):
+    for duration in (log.fsync_interval, log.retention.max_age, log.duplicate_window):
         parse_duration(duration)
+    if not 1 <= log.replicas <= 5:
+        raise ValueError("log.replicas must be between 1 and 5")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", log.prefix):
+        raise ValueError("log.prefix must be 1 to 32 letters, digits, '_' or '-'")
+    if not 2.0 <= parse_duration(log.lease_ttl) <= 300.0:
+        raise ValueError("log.lease_ttl must be between 2s and 5m")
     seen_ws: set[str] = set()
     seen_keys: set[str] = set()
     for ws in config.workspaces:

@@ -83,3 +83,83 @@ class LogReader(Protocol):
     def close(self) -> None:
         """Release resources."""
         ...
+
+
+class PartitionConsumer(Protocol):
+    """One consumer group's reading of one partition, as a stage owning it sees it.
+
+    `open` takes the partition over: it returns the group's committed offset and makes the
+    next `fetch` start there (whatever an earlier owner had fetched and not committed is
+    delivered again). `commit(offset)` durably records that every record before `offset` is
+    processed; it only ever moves forward.
+    """
+
+    partition: int
+
+    async def open(self) -> int:
+        """Take the partition over; returns the committed offset (0: never committed)."""
+        ...
+
+    async def fetch(self, max_batches: int, timeout: float) -> list[RecordBatch]:
+        """The next batches after the last fetched (empty when none arrived within `timeout`)."""
+        ...
+
+    async def commit(self, offset: int) -> None:
+        """Record, durably, that the group has processed everything before `offset`."""
+        ...
+
+    async def close(self) -> None:
+        """Stop reading (nothing is committed by closing)."""
+        ...
+
+
+class Log(Protocol):
+    """One named log (`ingest`, `events`) as stages and tools see it, on any backend.
+
+    Offsets are per partition and only grow. The embedded backend counts records; JetStream
+    counts stored batches (one stream message each). A batch's `end_offset` is what a
+    consumer commits after processing it.
+
+    `append(runs, producer, seq)` is idempotent per producer: appending again with a `seq`
+    already appended for that `producer` stores nothing (the embedded backend remembers the
+    highest `seq` of every producer; JetStream the exact `producer:seq` within the stream's
+    duplicate window). A stage uses the input position it has processed as `seq`, so a
+    replay after a crash does not write its output twice.
+    """
+
+    name: str
+    partitions: int
+
+    async def append(self, runs: list[Run], producer: str | None = None, seq: int = 0) -> None:
+        """Store every run in its partition and return once durable (raises `LogError`)."""
+        ...
+
+    async def produced(self, producer: str) -> int | None:
+        """The highest `seq` appended by `producer`, where the backend knows it, else None."""
+        ...
+
+    async def read(
+        self, partition: int, offset: int, max_records: int = 10_000
+    ) -> list[RecordBatch]:
+        """Batches of `partition` at or after `offset`, oldest first (no group involved)."""
+        ...
+
+    async def end_offsets(self) -> list[int]:
+        """Per partition, the offset the next appended batch will start at."""
+        ...
+
+    async def start_offsets(self) -> list[int]:
+        """Per partition, the oldest offset still retained."""
+        ...
+
+    def consumer(self, group: str, partition: int) -> PartitionConsumer:
+        """A consumer of `partition` for `group` (call `open` before fetching)."""
+        ...
+
+    async def committed(self, group: str) -> dict[int, int]:
+        """The offsets `group` has committed, per partition (missing: never committed)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...

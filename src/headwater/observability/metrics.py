@@ -35,6 +35,16 @@ class Snapshot(msgspec.Struct):
     client_metrics: int = 0
     ack_buckets: list[int] = []
     ack_sum: float = 0.0
+    stage: list[tuple[str, str, str, str, int]] = []  # stage, source, outcome, reason, count
+
+
+def write_snapshot(directory: Path, snapshot: Snapshot) -> None:
+    """Write one process's snapshot atomically (`<pid>.json`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{os.getpid()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(snapshot))
+    os.replace(tmp, path)
 
 
 class GatewayMetrics:
@@ -81,11 +91,7 @@ class GatewayMetrics:
 
     def flush(self, directory: Path) -> None:
         """Write this process's snapshot atomically."""
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{os.getpid()}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(self.snapshot()))
-        os.replace(tmp, path)
+        write_snapshot(directory, self.snapshot())
 
 
 def read_snapshots(directory: Path) -> list[Snapshot]:
@@ -105,6 +111,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     accepted: dict[str, int] = {}
     dropped: dict[tuple[str, str], int] = {}
     rejected: dict[str, int] = {}
+    stage: dict[tuple[str, str, str, str], int] = {}
     buckets = [0] * (len(ACK_BUCKETS) + 1)
     total = Snapshot(ack_buckets=buckets)
     for snap in snapshots:
@@ -116,6 +123,9 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
             dropped[(src, reason)] = dropped.get((src, reason), 0) + n
         for code, n in snap.rejected:
             rejected[code] = rejected.get(code, 0) + n
+        for name, src, outcome, reason, n in snap.stage:
+            key = (name, src, outcome, reason)
+            stage[key] = stage.get(key, 0) + n
         for i, n in enumerate(snap.ack_buckets[: len(buckets)]):
             buckets[i] += n
         total.ack_sum += snap.ack_sum
@@ -124,6 +134,7 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     total.accepted = sorted(accepted.items())
     total.dropped = [(s, r, n) for (s, r), n in sorted(dropped.items())]
     total.rejected = sorted(rejected.items())
+    total.stage = [(*key, n) for key, n in sorted(stage.items())]
     return total
 
 
@@ -200,6 +211,14 @@ class _Collector:
             buckets=buckets,
             sum_value=snap.ack_sum,
         )
+        outcomes = CounterMetricFamily(
+            "headwater_stage_messages",
+            "Messages that left a stage, by outcome and reason code",
+            labels=["stage", "source_id", "outcome", "reason"],
+        )
+        for name, src, outcome, reason, n in snap.stage:
+            outcomes.add_metric([name, src, outcome, reason], n)
+        yield outcomes
         size = GaugeMetricFamily("headwater_log_bytes", "Bytes of log data on disk", labels=["log"])
         end = GaugeMetricFamily(
             "headwater_log_end_offset", "Next offset, summed over partitions", labels=["log"]

@@ -127,10 +127,13 @@ class SegmentAppender:
         elapsed = time.monotonic() - self._last_sync
         return max(0.0, self.settings.fsync_interval_ms / 1000 - elapsed)
 
-    def commit(self, groups: Iterable[list[Run]]) -> int:
+    def commit(self, groups: Iterable[list[Run]], producer: tuple[str, int] | None = None) -> int:
         """Durably store every run of every group (all or nothing); returns records stored.
 
-        Raises `LogError` when nothing could be stored.
+        With `producer=(name, seq)`, the commit also records `seq` as the producer's mark, in
+        the same transaction, and stores nothing if the mark is already at `seq` or beyond (an
+        idempotent append: see `headwater.log.base.Log`). Raises `LogError` when nothing could
+        be stored.
         """
         if self.fatal is not None:
             raise LogUnavailable(self.fatal, retry_after=5)
@@ -145,7 +148,7 @@ class SegmentAppender:
                 merged[run.partition].append(run.payload)
                 counts[run.partition] += run.count
         try:
-            stored = self._write(merged, counts)
+            stored = self._write(merged, counts, producer)
         except LogError:
             raise
         except (OSError, sqlite3.Error) as exc:
@@ -176,12 +179,35 @@ class SegmentAppender:
         if self.disk_low:
             raise LogUnavailable("the log's disk is nearly full", retry_after=30)
 
-    def _write(self, merged: list[list[bytes | memoryview]], counts: list[int]) -> int:
+    def produced(self, producer: str) -> int | None:
+        """The producer's mark: the highest `seq` it has committed (None: never)."""
+        row = self._conn.execute(
+            "SELECT seq FROM producers WHERE producer=?", (producer,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def _write(
+        self,
+        merged: list[list[bytes | memoryview]],
+        counts: list[int],
+        producer: tuple[str, int] | None,
+    ) -> int:
         now = self._clock_ms()
         conn = self._conn
         with self._files.write_lock():
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if producer is not None:
+                    mark = conn.execute(
+                        "SELECT seq FROM producers WHERE producer=?", (producer[0],)
+                    ).fetchone()
+                    if mark is not None and mark[0] >= producer[1]:
+                        conn.execute("ROLLBACK")
+                        return 0
+                    conn.execute("INSERT OR REPLACE INTO producers VALUES(?,?,?)", (*producer, now))
+                if not any(merged):
+                    conn.execute("COMMIT")
+                    return 0
                 segment, fd, start = self._current_segment(conn, now)
                 next_offsets = dict(conn.execute("SELECT partition, next_offset FROM partitions"))
                 buffers: list[bytes | memoryview] = []

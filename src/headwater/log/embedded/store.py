@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS consumer_offsets(
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY(grp, partition)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS producers(
+    producer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 

@@ -1,0 +1,112 @@
+"""The embedded backend behind the `Log` interface that stages use.
+
+A stage process appends to its output log directly (`SegmentAppender`, one commit per call, in a
+thread so the event loop keeps running) and reads its input with `EmbeddedLogReader`. Offsets
+count records; consumer groups commit into the log's own index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from headwater.log.embedded.appender import AppendSettings, SegmentAppender
+from headwater.log.embedded.reader import EmbeddedLogReader
+from headwater.log.embedded.store import open_log
+from headwater.log.records import RecordBatch, Run
+
+
+class EmbeddedLog:
+    """One embedded log (`<data>/log/<name>/`), created if missing."""
+
+    def __init__(self, name: str, root: Path, settings: AppendSettings) -> None:
+        self.name = name
+        self.root = root
+        self.partitions = settings.partitions
+        self._settings = settings
+        open_log(root, settings.partitions).close()
+        self._reader = EmbeddedLogReader(root)
+        self._appender: SegmentAppender | None = None
+        self._lock = asyncio.Lock()
+
+    def _writer(self) -> SegmentAppender:
+        if self._appender is None:
+            self._appender = SegmentAppender(self.root, self._settings)
+        return self._appender
+
+    async def append(self, runs: list[Run], producer: str | None = None, seq: int = 0) -> None:
+        mark = None if producer is None else (producer, seq)
+        async with self._lock:  # one commit at a time per process; commits are group-sized
+            writer = self._writer()
+            await asyncio.to_thread(writer.commit, [runs], mark)
+
+    async def produced(self, producer: str) -> int | None:
+        async with self._lock:
+            return self._writer().produced(producer)
+
+    async def read(
+        self, partition: int, offset: int, max_records: int = 10_000
+    ) -> list[RecordBatch]:
+        return self._reader.read(partition, offset, max_records)
+
+    async def end_offsets(self) -> list[int]:
+        return self._reader.end_offsets()
+
+    async def start_offsets(self) -> list[int]:
+        return self._reader.start_offsets()
+
+    def consumer(self, group: str, partition: int) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self._reader, group, partition)
+
+    async def committed(self, group: str) -> dict[int, int]:
+        return self._reader.committed(group)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._appender is not None:
+                self._appender.close()
+                self._appender = None
+        self._reader.close()
+
+
+class EmbeddedConsumer:
+    """A consumer group's reading of one partition of an embedded log.
+
+    Waiting for new data polls the index (cheap: one indexed query) with a short back-off.
+    """
+
+    POLL_S = 0.01
+
+    def __init__(self, reader: EmbeddedLogReader, group: str, partition: int) -> None:
+        self._reader = reader
+        self.group = group
+        self.partition = partition
+        self._next = 0
+
+    async def open(self) -> int:
+        committed = self._reader.committed(self.group).get(self.partition, 0)
+        self._next = committed
+        return committed
+
+    def seek(self, offset: int) -> None:
+        """Continue fetching at `offset` (a stage that knows its output got further)."""
+        self._next = offset
+
+    async def fetch(self, max_batches: int, timeout: float) -> list[RecordBatch]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            batches = self._reader.read(self.partition, self._next, max_records=20_000)
+            if batches:
+                batches = batches[:max_batches]
+                self._next = batches[-1].end_offset
+                return batches
+            if loop.time() >= deadline:
+                return []
+            await asyncio.sleep(self.POLL_S)
+
+    async def commit(self, offset: int) -> None:
+        self._reader.commit(self.group, {self.partition: offset})  # one small SQLite write
+
+    async def close(self) -> None:
+        return None

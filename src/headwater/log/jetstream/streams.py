@@ -1,0 +1,118 @@
+"""Names, settings and stream set-up of the JetStream backend.
+
+Log `<log>` partition `p` is the stream `<prefix>-<log>-<p>` holding the subject
+`<prefix>.<log>.<p>`: one stream per partition, so a stream sequence is a partition offset and a
+partition's retention, replication and consumers are independent of the others. Each message is
+one record batch (the same MessagePack encoding as the embedded log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from headwater.config import Config, parse_duration, parse_size
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamSettings:
+    """What the backend needs from the `log:` section of `headwater.yaml`."""
+
+    url: str = "nats://127.0.0.1:4222"
+    prefix: str = "headwater"
+    partitions: int = 8
+    replicas: int = 1
+    max_age_s: float = 7 * 86400.0
+    max_bytes: int = 20 * 1024**3
+    duplicate_window_s: float = 600.0
+    lease_ttl_s: float = 6.0
+    max_pending_bytes: int = 32 * 1024 * 1024
+
+    @classmethod
+    def from_config(cls, config: Config) -> JetStreamSettings:
+        lc = config.log
+        return cls(
+            url=lc.url,
+            prefix=lc.prefix,
+            partitions=lc.partitions,
+            replicas=lc.replicas,
+            max_age_s=parse_duration(lc.retention.max_age),
+            max_bytes=parse_size(lc.retention.max_bytes),
+            duplicate_window_s=parse_duration(lc.duplicate_window),
+            lease_ttl_s=parse_duration(lc.lease_ttl),
+            max_pending_bytes=parse_size(lc.max_pending_bytes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Stream, subject and bucket names under one prefix."""
+
+    prefix: str
+
+    def stream(self, log: str, partition: int) -> str:
+        return f"{self.prefix}-{log}-{partition}"
+
+    def subject(self, log: str, partition: int) -> str:
+        return f"{self.prefix}.{log}.{partition}"
+
+    @property
+    def leases_bucket(self) -> str:
+        return f"{self.prefix}-leases"
+
+
+async def connect(url: str, name: str = "headwater") -> NATS:
+    """A NATS connection that keeps reconnecting for as long as the process runs."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+async def ensure_log(js: JetStreamContext, settings: JetStreamSettings, log: str) -> None:
+    """Create the streams of `log` if missing; bring limits in line with the settings."""
+    names = Names(settings.prefix)
+    per_partition_bytes = max(1, settings.max_bytes // settings.partitions)
+    for p in range(settings.partitions):
+        config = js_api.StreamConfig(
+            name=names.stream(log, p),
+            subjects=[names.subject(log, p)],
+            retention=js_api.RetentionPolicy.LIMITS,
+            storage=js_api.StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.max_age_s,
+            max_bytes=per_partition_bytes,
+            discard=js_api.DiscardPolicy.OLD,
+            duplicate_window=min(settings.duplicate_window_s, settings.max_age_s),
+            allow_direct=True,
+        )
+        try:
+            info = await js.stream_info(config.name or "")
+        except NotFoundError:
+            await js.add_stream(config)
+            continue
+        current = info.config
+        if (
+            current.max_age != config.max_age
+            or current.max_bytes != config.max_bytes
+            or current.duplicate_window != config.duplicate_window
+        ):
+            await js.update_stream(config)
+
+
+async def delete_log(js: JetStreamContext, settings: JetStreamSettings, log: str) -> None:
+    """Delete every stream of `log` (tests and tools; the data is gone)."""
+    names = Names(settings.prefix)
+    for p in range(settings.partitions):
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(names.stream(log, p))

@@ -1,0 +1,174 @@
+"""The processor role: `ingest` -> steps -> `events`, embedded or on JetStream.
+
+Embedded (`headwater up`, or `headwater processor` on an embedded config): one processor owns
+every partition (a lock file under the data directory makes a second one wait), appends to the
+`events` log directly and runs its retention. On JetStream: any number of processors share the
+partitions through leases (`LeaseManager`); each works only on the partitions it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from headwater.config import Config, parse_duration, parse_size
+from headwater.log.base import Log
+from headwater.log.embedded.appender import AppendSettings, FsyncPolicy
+from headwater.log.embedded.log import EmbeddedLog
+from headwater.log.embedded.retention import enforce_retention
+from headwater.paths import DataPaths
+from headwater.processing.runtime import (
+    StageMetrics,
+    StageRunner,
+    StageSpec,
+    Step,
+    flush_metrics_forever,
+)
+from headwater.processing.steps import ProfileKey
+
+log = logging.getLogger(__name__)
+
+STAGE = "processor"
+RETENTION_EVERY_S = 30.0
+
+
+def processor_steps(config: Config) -> list[Step]:
+    """The processor's steps, in order (later issues add dedupe, plans, identity)."""
+    return [ProfileKey()]
+
+
+def append_settings(config: Config) -> AppendSettings:
+    lc = config.log
+    return AppendSettings(
+        partitions=lc.partitions,
+        fsync=FsyncPolicy(lc.fsync),
+        fsync_interval_ms=int(parse_duration(lc.fsync_interval) * 1000),
+        segment_bytes=parse_size(lc.segment_bytes),
+        min_free_disk_bytes=parse_size(lc.min_free_disk),
+    )
+
+
+def member_id() -> str:
+    """A unique, readable id for this process among a stage's members."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:32]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def run_processor(
+    config: Config,
+    paths: DataPaths,
+    stop: asyncio.Event,
+    *,
+    member: str | None = None,
+    metrics: StageMetrics | None = None,
+) -> None:
+    """Run the processor until `stop` is set."""
+    metrics = metrics or StageMetrics(STAGE)
+    flusher = asyncio.get_running_loop().create_task(
+        flush_metrics_forever(metrics, paths.metrics_dir)
+    )
+    try:
+        if config.log.backend == "jetstream":
+            await _run_jetstream(config, stop, member or member_id(), metrics)
+        else:
+            await _run_embedded(config, paths, stop, metrics)
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(OSError):
+            metrics.flush(paths.metrics_dir)
+
+
+async def _run_embedded(
+    config: Config, paths: DataPaths, stop: asyncio.Event, metrics: StageMetrics
+) -> None:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(paths.root / "processor.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:  # one embedded processor per data directory; a second one waits its turn
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                log.info("another processor runs on %s; waiting", paths.root)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+                if stop.is_set():
+                    return
+        settings = append_settings(config)
+        ingest = EmbeddedLog("ingest", paths.log_dir("ingest"), settings)
+        events = EmbeddedLog("events", paths.log_dir("events"), settings)
+        runner = StageRunner(
+            StageSpec(STAGE, processor_steps(config), ingest, events, merge_units=True), metrics
+        )
+        try:
+            for p in range(ingest.partitions):
+                runner.assign(p)
+            retention = asyncio.get_running_loop().create_task(
+                _retention_forever(config, paths.log_dir("events"))
+            )
+            await stop.wait()
+            retention.cancel()
+        finally:
+            await runner.stop()
+            await ingest.close()
+            await events.close()
+    finally:
+        os.close(lock_fd)  # releases the lock
+
+
+async def _retention_forever(config: Config, root: Path) -> None:
+    max_age_ms = int(parse_duration(config.log.retention.max_age) * 1000)
+    max_bytes = parse_size(config.log.retention.max_bytes)
+    while True:
+        await asyncio.sleep(RETENTION_EVERY_S)
+        try:
+            await asyncio.to_thread(
+                enforce_retention, root, max_age_ms=max_age_ms, max_bytes=max_bytes
+            )
+        except Exception:
+            log.exception("retention of the events log failed")
+
+
+async def _run_jetstream(
+    config: Config, stop: asyncio.Event, member: str, metrics: StageMetrics
+) -> None:
+    from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, connect, ensure_log
+    from headwater.log.jetstream.leases import LeaseManager, lease_bucket
+
+    settings = JetStreamSettings.from_config(config)
+    nc = await connect(settings.url, name=f"headwater-processor-{member}")
+    try:
+        js = nc.jetstream(publish_async_max_pending=20_000)
+        for name in ("ingest", "events"):
+            await ensure_log(js, settings, name)
+        ingest: Log = JetStreamLog("ingest", nc, settings, js)
+        events: Log = JetStreamLog("events", nc, settings, js)
+        kv = await lease_bucket(
+            js, Names(settings.prefix).leases_bucket, settings.lease_ttl_s, settings.replicas
+        )
+        spec = StageSpec(STAGE, processor_steps(config), ingest, events, merge_units=False)
+        runner = StageRunner(spec, metrics)
+        leases = LeaseManager(
+            kv,
+            STAGE,
+            member,
+            settings.partitions,
+            settings.lease_ttl_s,
+            on_acquired=runner.assign,
+            on_lost=runner.revoke_now,
+        )
+        spec.holds = leases.holds
+        log.info("processor %s joined (lease TTL %.1fs)", member, settings.lease_ttl_s)
+        try:
+            await leases.run(stop)
+        finally:
+            await runner.stop()
+            await leases.release_all()
+    finally:
+        await nc.close()

@@ -1,0 +1,247 @@
+"""The stage runtime: consume a log partition by partition, run steps, write another log.
+
+A stage owns some partitions of its input log. For each, in order, it fetches record batches,
+turns their records into `Item`s, passes the list through its steps (pure functions that set
+each item's output key or stop it with an outcome and a reason), appends what is left to the
+output log, and only then commits the input offset. Everything a stage does is keyed by its
+input position, so a replay after a crash changes nothing twice:
+
+- the output append is idempotent per (stage, input partition, input offset): the embedded log
+  stores a producer mark in the same transaction as the output and the stage resumes from it;
+  JetStream drops a repeated `Nats-Msg-Id` within its duplicate window;
+- steps are idempotent per `messageId` (their own state is keyed by it).
+
+Bounded work: at most `max_batches` input batches per partition are in hand at a time, one
+partition's unit is appended before the next is fetched, and the output's `LogBackpressure` or
+`LogUnavailable` is the signal to back off and retry the same unit. Every item leaves with an
+outcome (`processed` when written to the output, or the outcome a step gave it) and a reason,
+counted in `StageMetrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+from headwater.log.base import Log, LogError, PartitionConsumer
+from headwater.log.records import RecordBatch, Run, encode_run, partition_for
+from headwater.observability.metrics import Snapshot, write_snapshot
+
+log = logging.getLogger(__name__)
+
+PROCESSED = "processed"
+FAILED = "failed"
+
+
+class Item(msgspec.Struct):
+    """One message moving through a stage's steps."""
+
+    source_id: str
+    message: bytes
+    key: str = ""  # what the output log is partitioned by (set by a step)
+    outcome: str = ""  # empty while the item is still on its way to the output
+    reason: str = ""
+
+    def stop(self, outcome: str, reason: str) -> None:
+        """End this item here: it is counted under `outcome`/`reason`, not written."""
+        self.outcome = outcome
+        self.reason = reason
+
+
+class Step(Protocol):
+    """One processing step: looks at every item of a unit, may set keys or stop items.
+
+    A step is a pure function of the items and its own state; state it keeps must be keyed by
+    `messageId` so that seeing a message again (a replay) has no second effect.
+    """
+
+    name: str
+
+    def __call__(self, items: list[Item]) -> None: ...
+
+
+class StageMetrics:
+    """Outcome counters of one stage process, flushed as a metrics snapshot."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.counts: dict[tuple[str, str, str], int] = {}
+
+    def count(self, items: Sequence[Item]) -> None:
+        counts = self.counts
+        for item in items:
+            key = (item.source_id, item.outcome, item.reason)
+            counts[key] = counts.get(key, 0) + 1
+
+    def total(self, outcome: str | None = None) -> int:
+        return sum(n for (_s, o, _r), n in self.counts.items() if outcome in (None, o))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(stage=[(self.stage, s, o, r, n) for (s, o, r), n in self.counts.items()])
+
+    def flush(self, directory: Path) -> None:
+        write_snapshot(directory, self.snapshot())
+
+
+@dataclass
+class StageSpec:
+    """What a stage is: its name (the consumer group), its steps, its input and output."""
+
+    name: str
+    steps: list[Step]
+    source: Log
+    sink: Log
+    merge_units: bool = True  # one append per fetch (embedded) or one per input batch (JetStream)
+    max_batches: int = 64
+    fetch_timeout: float = 0.5
+    backoff_max: float = 5.0
+    holds: Callable[[int], bool] = field(default=lambda _p: True)
+
+
+def producer_name(stage: str, partition: int) -> str:
+    """The producer id of a stage's output for one input partition."""
+    return f"{stage}.{partition}"
+
+
+def outputs_of(items: Sequence[Item], partitions: int) -> list[Run]:
+    """The runs to append for the items still on their way: per output partition and source."""
+    grouped: dict[tuple[int, str], list[bytes]] = {}
+    for item in items:
+        if item.outcome:
+            continue
+        key = (partition_for(item.key, partitions), item.source_id)
+        grouped.setdefault(key, []).append(item.message)
+    return [
+        Run(p, encode_run(source_id, None, messages), len(messages))
+        for (p, source_id), messages in grouped.items()
+    ]
+
+
+class StageRunner:
+    """Runs a stage on the partitions it is given; `assign`/`revoke` move them."""
+
+    def __init__(self, spec: StageSpec, metrics: StageMetrics | None = None) -> None:
+        self.spec = spec
+        self.metrics = metrics or StageMetrics(spec.name)
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.positions: dict[int, int] = {}
+        self.errors = 0
+
+    @property
+    def assigned(self) -> set[int]:
+        return set(self._tasks)
+
+    def assign(self, partition: int) -> None:
+        """Start consuming `partition` (from its committed offset)."""
+        if partition in self._tasks and not self._tasks[partition].done():
+            return
+        self._tasks[partition] = asyncio.get_running_loop().create_task(
+            self._run_partition(partition), name=f"{self.spec.name}-p{partition}"
+        )
+
+    def revoke_now(self, partition: int) -> asyncio.Task[None] | None:
+        """Stop consuming `partition` at once (what was not committed is replayed by its next
+        owner; the output append is idempotent). Returns the cancelled task."""
+        task = self._tasks.pop(partition, None)
+        if task is not None:
+            task.cancel()
+        return task
+
+    async def revoke(self, partition: int) -> None:
+        """`revoke_now`, then wait until the partition's work has stopped."""
+        task = self.revoke_now(partition)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def stop(self) -> None:
+        for p in list(self._tasks):
+            await self.revoke(p)
+
+    async def process(self, batches: list[RecordBatch]) -> list[Item]:
+        """Run the steps over the records of `batches` (no I/O besides the steps' own)."""
+        items = [
+            Item(record.source_id, record.message) for batch in batches for record in batch.records
+        ]
+        for step in self.spec.steps:
+            step(items)
+        return items
+
+    async def _run_partition(self, partition: int) -> None:
+        spec = self.spec
+        consumer = spec.source.consumer(spec.name, partition)
+        backoff = 0.1
+        while True:
+            try:
+                await self._consume(partition, consumer)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retryable by design: back off, resume from the commit
+                self.errors += 1
+                level = logging.WARNING if isinstance(exc, LogError) else logging.ERROR
+                log.log(
+                    level,
+                    "stage %s partition %d: %s; resuming from the last commit in %.1fs",
+                    spec.name,
+                    partition,
+                    exc,
+                    backoff,
+                    exc_info=not isinstance(exc, LogError),
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(spec.backoff_max, backoff * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.close()
+
+    async def _consume(self, partition: int, consumer: PartitionConsumer) -> None:
+        spec = self.spec
+        producer = producer_name(spec.name, partition)
+        position = await consumer.open()
+        produced = await spec.sink.produced(producer)
+        if produced is not None and produced > position:  # output got further than the commit
+            await consumer.commit(produced)
+            position = await consumer.open()
+        self.positions[partition] = position
+        while spec.holds(partition):
+            batches = await consumer.fetch(spec.max_batches, spec.fetch_timeout)
+            if not batches:
+                continue
+            units = [batches] if spec.merge_units else [[b] for b in batches]
+            processed = [(unit, await self.process(unit)) for unit in units]
+            await asyncio.gather(
+                *(
+                    spec.sink.append(
+                        outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
+                    )
+                    for unit, items in processed
+                )
+            )
+            if not spec.holds(partition):
+                return  # lost the lease meanwhile: the next owner commits
+            end = batches[-1].end_offset
+            await consumer.commit(end)
+            self.positions[partition] = end
+            for _unit, items in processed:
+                for item in items:
+                    if not item.outcome:
+                        item.outcome = PROCESSED
+                self.metrics.count(items)
+
+
+async def flush_metrics_forever(metrics: StageMetrics, directory: Path, every: float = 1.0) -> None:
+    """Write the stage's counters every `every` seconds (for `/metrics` and `status`)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            metrics.flush(directory)
+        except OSError as exc:
+            log.warning("cannot write stage metrics: %s", exc)
