@@ -7,8 +7,10 @@ import os
 import click
 
 from headwater import __version__
-from headwater.cli.common import data_options
+from headwater.cli.common import F, data_options
+from headwater.cli.roles import processor
 from headwater.cli.sources import sources
+from headwater.cli.status import status
 from headwater.cli.tail import tail
 from headwater.config import Config
 from headwater.paths import DataPaths
@@ -25,16 +27,25 @@ def version() -> None:
     click.echo(f"headwater {__version__}")
 
 
+def _server_options(func: F) -> F:
+    """The options `up` and `gateway` share."""
+    func = click.option(
+        "--workers",
+        default=None,
+        type=click.IntRange(1, 256),
+        help="Gateway worker processes (default: one per core).",
+    )(func)
+    func = click.option(
+        "--port", default=8088, show_default=True, type=int, help="Port to listen on."
+    )(func)
+    func = click.option(
+        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+    )(func)
+    return data_options(func)
+
+
 @cli.command()
-@data_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8088, show_default=True, type=int, help="Port to listen on.")
-@click.option(
-    "--workers",
-    default=None,
-    type=click.IntRange(1, 256),
-    help="Gateway worker processes (default: one per core).",
-)
+@_server_options
 def up(
     config: Config,
     config_path: str | None,
@@ -43,8 +54,36 @@ def up(
     port: int,
     workers: int | None,
 ) -> None:
-    """Run every role on embedded storage: the Tracking API on a durable local log."""
+    """Run every role on one machine: the Tracking API, the log and the processor."""
+    _serve(config, config_path, paths, host, port, workers, with_processor=True)
+
+
+@cli.command()
+@_server_options
+def gateway(
+    config: Config,
+    config_path: str | None,
+    paths: DataPaths,
+    host: str,
+    port: int,
+    workers: int | None,
+) -> None:
+    """Run only the Tracking API (any number of them on JetStream; processors run apart)."""
+    _serve(config, config_path, paths, host, port, workers, with_processor=False)
+
+
+def _serve(
+    config: Config,
+    config_path: str | None,
+    paths: DataPaths,
+    host: str,
+    port: int,
+    workers: int | None,
+    *,
+    with_processor: bool,
+) -> None:
     from headwater.cli.banner import print_banner
+    from headwater.runtime.children import ChildProcess
     from headwater.runtime.logd import LogServerError, LogServerProcess, server_settings
     from headwater.runtime.prepare import prepare
     from headwater.runtime.serve import PortInUse, listen, serve_gateway
@@ -57,21 +96,35 @@ def up(
         sock = listen(host, port)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
-    logd = LogServerProcess(server_settings(config, paths))
-    try:
-        logd.start()
-    except LogServerError as exc:
-        sock.close()
-        raise click.ClickException(str(exc)) from None
+    logd = None
+    if config.log.backend == "embedded":
+        logd = LogServerProcess(server_settings(config, paths))
+        try:
+            logd.start()
+        except LogServerError as exc:
+            sock.close()
+            raise click.ClickException(str(exc)) from None
+    processor = None
+    if with_processor:
+        args = ["processor", "--data", str(paths.root)]
+        if config_path is not None:
+            args += ["--config", config_path]
+        processor = ChildProcess("processor", args)
+        processor.start()
     n = workers or os.cpu_count() or 1
     print_banner(config, paths, prepared, host, port, n, config_path)
     try:
         serve_gateway(config, paths, sock, n)
     finally:
-        logd.stop()
+        if processor is not None:
+            processor.stop()
+        if logd is not None:
+            logd.stop()
 
 
 cli.add_command(sources)
+cli.add_command(processor)
+cli.add_command(status)
 cli.add_command(tail)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-import time
 
 import click
 import msgspec
@@ -13,8 +13,8 @@ from rich.markup import escape
 from headwater.cli.common import data_options
 from headwater.config import Config
 from headwater.control.store import ControlError, ControlStore
-from headwater.log.embedded import EmbeddedLogReader
 from headwater.log.embedded.store import LogLayoutError
+from headwater.log.factory import LOG_NAMES, open_logs
 from headwater.log.records import Record
 from headwater.paths import DataPaths
 
@@ -23,6 +23,14 @@ _decoder = msgspec.json.Decoder(dict[str, object])
 
 @click.command()
 @data_options
+@click.option(
+    "--log",
+    "log_name",
+    type=click.Choice(LOG_NAMES),
+    default="ingest",
+    show_default=True,
+    help="Which log: ingest (as the gateway stored it) or events (after the processor).",
+)
 @click.option(
     "--source",
     "source",
@@ -42,26 +50,44 @@ def tail(
     config: Config,
     config_path: str | None,
     paths: DataPaths,
+    log_name: str,
     source: str | None,
     from_start: bool,
     limit: int | None,
     as_json: bool,
     follow: bool,
 ) -> None:
-    """Print messages stored in the log (works while `up` is running)."""
+    """Print messages stored in a log, embedded or on JetStream (works while `up` runs)."""
     source_ids = _resolve_sources(paths, source) if source else None
+    printer = _Printer(as_json, paths)
     try:
-        reader = EmbeddedLogReader(paths.log_dir("ingest"))
+        asyncio.run(_tail(config, paths, log_name, source_ids, printer, from_start, limit, follow))
+    except KeyboardInterrupt:
+        pass
     except LogLayoutError as exc:
         raise click.ClickException(str(exc)) from None
-    printer = _Printer(as_json, paths)
-    positions = reader.start_offsets() if from_start else reader.end_offsets()
-    printed = 0
-    try:
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the {log_name} log: {exc}") from None
+
+
+async def _tail(
+    config: Config,
+    paths: DataPaths,
+    log_name: str,
+    source_ids: set[str] | None,
+    printer: _Printer,
+    from_start: bool,
+    limit: int | None,
+    follow: bool,
+) -> None:
+    async with open_logs(config, paths, (log_name,), create=False) as logs:
+        log = logs[log_name]
+        positions = await (log.start_offsets() if from_start else log.end_offsets())
+        printed = 0
         while True:
             progressed = False
-            for p in range(reader.partitions):
-                for batch in reader.read(p, positions[p], 1000):
+            for p in range(log.partitions):
+                for batch in await log.read(p, positions[p], 1000):
                     for i, record in enumerate(batch.records):
                         if batch.base_offset + i < positions[p]:
                             continue
@@ -76,11 +102,7 @@ def tail(
             if not progressed:
                 if not follow:
                     return
-                time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        reader.close()
+                await asyncio.sleep(0.2)
 
 
 def _resolve_sources(paths: DataPaths, name: str) -> set[str]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -38,6 +39,9 @@ from headwater.gateway.tracking import (
     Tracking,
 )
 from headwater.log.embedded import EmbeddedLogReader, LogClient
+
+if TYPE_CHECKING:
+    from headwater.log.jetstream import JetStreamAppender
 from headwater.log.embedded.protocol import socket_path
 from headwater.observability.metrics import (
     GatewayMetrics,
@@ -69,9 +73,7 @@ class GatewayApp:
         self.store = ControlStore(paths.control_db)
         self.keys = KeyCache(self.store)
         self.admin = AdminApi(self.store)
-        self.writer = LogClient(
-            socket_path(paths.log_dir("ingest")), parse_size(config.log.max_pending_bytes)
-        )
+        self.writer = _writer(config, paths)
         self.reader: EmbeddedLogReader | None = None
         self.tracking = Tracking(
             self.writer,
@@ -256,6 +258,8 @@ class GatewayApp:
         self.metrics.flush(self.paths.metrics_dir)
         snapshot = merge(read_snapshots(self.paths.metrics_dir))
         gauges: list[LogGauges] = []
+        if self.config.log.backend != "embedded":  # JetStream reports its own stream figures
+            return render(snapshot, gauges, self.writer.pending_bytes)
         try:
             if self.reader is None:
                 self.reader = EmbeddedLogReader(self.paths.log_dir("ingest"))
@@ -268,6 +272,15 @@ class GatewayApp:
         except Exception:
             log.exception("reading log gauges failed")
         return render(snapshot, gauges, self.writer.pending_bytes)
+
+
+def _writer(config: Config, paths: DataPaths) -> LogClient | JetStreamAppender:
+    """The gateway's writer for the configured backend."""
+    if config.log.backend == "jetstream":
+        from headwater.log.jetstream import JetStreamAppender, JetStreamSettings
+
+        return JetStreamAppender(JetStreamSettings.from_config(config))
+    return LogClient(socket_path(paths.log_dir("ingest")), parse_size(config.log.max_pending_bytes))
 
 
 def _route(path: str) -> str:

@@ -160,6 +160,10 @@ class Log(Protocol):
         """The offsets `group` has committed, per partition (missing: never committed)."""
         ...
 
+    async def groups(self) -> list[str]:
+        """The consumer groups that have committed (or hold a consumer) on this log."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files."""
         ...

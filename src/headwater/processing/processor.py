@@ -19,9 +19,9 @@ from pathlib import Path
 
 from headwater.config import Config, parse_duration, parse_size
 from headwater.log.base import Log
-from headwater.log.embedded.appender import AppendSettings, FsyncPolicy
 from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.retention import enforce_retention
+from headwater.log.factory import append_settings
 from headwater.paths import DataPaths
 from headwater.processing.runtime import (
     StageMetrics,
@@ -41,17 +41,6 @@ RETENTION_EVERY_S = 30.0
 def processor_steps(config: Config) -> list[Step]:
     """The processor's steps, in order (later issues add dedupe, plans, identity)."""
     return [ProfileKey()]
-
-
-def append_settings(config: Config) -> AppendSettings:
-    lc = config.log
-    return AppendSettings(
-        partitions=lc.partitions,
-        fsync=FsyncPolicy(lc.fsync),
-        fsync_interval_ms=int(parse_duration(lc.fsync_interval) * 1000),
-        segment_bytes=parse_size(lc.segment_bytes),
-        min_free_disk_bytes=parse_size(lc.min_free_disk),
-    )
 
 
 def member_id() -> str:
@@ -149,13 +138,14 @@ async def _run_jetstream(
             await ensure_log(js, settings, name)
         ingest: Log = JetStreamLog("ingest", nc, settings, js)
         events: Log = JetStreamLog("events", nc, settings, js)
-        kv = await lease_bucket(
-            js, Names(settings.prefix).leases_bucket, settings.lease_ttl_s, settings.replicas
-        )
+        bucket = Names(settings.prefix).leases_bucket
+        kv = await lease_bucket(js, bucket, settings.lease_ttl_s, settings.replicas)
         spec = StageSpec(STAGE, processor_steps(config), ingest, events, merge_units=False)
         runner = StageRunner(spec, metrics)
         leases = LeaseManager(
+            js,
             kv,
+            bucket,
             STAGE,
             member,
             settings.partitions,

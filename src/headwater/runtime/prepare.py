@@ -27,7 +27,8 @@ class Prepared:
 def prepare(config: Config, paths: DataPaths) -> Prepared:
     """Create or open the data directory and apply the config file to it."""
     paths.root.mkdir(parents=True, exist_ok=True)
-    open_log(paths.log_dir("ingest"), config.log.partitions).close()
+    if config.log.backend == "embedded":
+        open_log(paths.log_dir("ingest"), config.log.partitions).close()
     shutil.rmtree(paths.metrics_dir, ignore_errors=True)
     paths.metrics_dir.mkdir(parents=True, exist_ok=True)
     store = ControlStore(paths.control_db)

@@ -19,13 +19,16 @@ from headwater.log.records import RecordBatch, Run
 class EmbeddedLog:
     """One embedded log (`<data>/log/<name>/`), created if missing."""
 
-    def __init__(self, name: str, root: Path, settings: AppendSettings) -> None:
+    def __init__(
+        self, name: str, root: Path, settings: AppendSettings, create: bool = True
+    ) -> None:
         self.name = name
         self.root = root
-        self.partitions = settings.partitions
+        if create:
+            open_log(root, settings.partitions).close()
+        self._reader = EmbeddedLogReader(root)  # raises LogLayoutError if there is no log
+        self.partitions = self._reader.partitions
         self._settings = settings
-        open_log(root, settings.partitions).close()
-        self._reader = EmbeddedLogReader(root)
         self._appender: SegmentAppender | None = None
         self._lock = asyncio.Lock()
 
@@ -60,6 +63,13 @@ class EmbeddedLog:
 
     async def committed(self, group: str) -> dict[int, int]:
         return self._reader.committed(group)
+
+    async def groups(self) -> list[str]:
+        """The consumer groups that have committed offsets."""
+        return self._reader.groups()
+
+    def size_bytes(self) -> int:
+        return self._reader.size_bytes()
 
     async def close(self) -> None:
         async with self._lock:

@@ -30,7 +30,6 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
@@ -54,7 +53,9 @@ class LeaseManager:
 
     def __init__(
         self,
+        js: JetStreamContext,
         kv: KeyValue,
+        bucket: str,
         stage: str,
         member: str,
         partitions: int,
@@ -62,7 +63,9 @@ class LeaseManager:
         on_acquired: Callable[[int], None],
         on_lost: Callable[[int], object],
     ) -> None:
+        self.js = js
         self.kv = kv
+        self.bucket = bucket
         self.stage = stage
         self.member = member
         self.partitions = partitions
@@ -140,12 +143,11 @@ class LeaseManager:
         self._member_rev = await self.kv.put(self._member_key(self.member), b"1")
 
     async def _live_members(self) -> list[str]:
-        prefix = f"{self.stage}.members."
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return [self.member]
-        members = {k[len(prefix) :] for k in keys if k.startswith(prefix)}
+        # One stream-info request lists the live member keys (no consumer, unlike kv.keys()).
+        prefix = f"$KV.{self.bucket}.{self.stage}.members."
+        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=f"{prefix}>")
+        subjects = info.state.subjects or {}
+        members = {subject[len(prefix) :] for subject in subjects}
         members.add(self.member)
         return sorted(members)
 
@@ -197,3 +199,27 @@ class LeaseManager:
     def _drop_expired(self) -> None:
         for p in [p for p in self.owned if not self.holds(p)]:
             self._lose(p)
+
+
+async def read_leases(
+    js: JetStreamContext, bucket: str, stage: str = "processor"
+) -> dict[int, str]:
+    """Who holds each partition's lease now (for `headwater status`)."""
+    try:
+        kv = await js.key_value(bucket)
+    except BucketNotFoundError:
+        return {}
+    prefix = f"$KV.{bucket}.{stage}.lease."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    owners: dict[int, str] = {}
+    for subject in info.state.subjects or {}:
+        suffix = subject[len(prefix) :]
+        if not suffix.isdigit():
+            continue
+        try:
+            entry = await kv.get(f"{stage}.lease.{suffix}")
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            owners[int(suffix)] = entry.value.decode()
+    return owners

@@ -1,0 +1,61 @@
+"""Opening the logs a configuration names, on whichever backend it chooses."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from headwater.config import Config, parse_duration, parse_size
+from headwater.log.base import Log
+from headwater.log.embedded.appender import AppendSettings, FsyncPolicy
+from headwater.paths import DataPaths
+
+LOG_NAMES = ("ingest", "events")
+
+
+def append_settings(config: Config) -> AppendSettings:
+    """The embedded append path's settings from the `log:` section."""
+    lc = config.log
+    return AppendSettings(
+        partitions=lc.partitions,
+        fsync=FsyncPolicy(lc.fsync),
+        fsync_interval_ms=int(parse_duration(lc.fsync_interval) * 1000),
+        segment_bytes=parse_size(lc.segment_bytes),
+        min_free_disk_bytes=parse_size(lc.min_free_disk),
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_logs(
+    config: Config, paths: DataPaths, names: tuple[str, ...] = LOG_NAMES, *, create: bool = True
+) -> AsyncIterator[dict[str, Log]]:
+    """The named logs, open for reading and appending; closed on exit.
+
+    Embedded logs live under the data directory (`create=False` raises `LogLayoutError` for one
+    that does not exist yet); JetStream logs share one connection, and their streams are created
+    if missing.
+    """
+    logs: dict[str, Log] = {}
+    if config.log.backend == "jetstream":
+        from headwater.log.jetstream import JetStreamLog, JetStreamSettings, connect, ensure_log
+
+        settings = JetStreamSettings.from_config(config)
+        nc = await connect(settings.url, name="headwater-tool")
+        try:
+            js = nc.jetstream()
+            for name in names:
+                await ensure_log(js, settings, name)
+                logs[name] = JetStreamLog(name, nc, settings, js)
+            yield logs
+        finally:
+            await nc.close()
+        return
+    from headwater.log.embedded.log import EmbeddedLog
+
+    try:
+        for name in names:
+            logs[name] = EmbeddedLog(name, paths.log_dir(name), append_settings(config), create)
+        yield logs
+    finally:
+        for lg in logs.values():
+            await lg.close()

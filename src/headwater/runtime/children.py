@@ -1,0 +1,67 @@
+"""Supervising a role run as a child process of `headwater up` (the processor)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class ChildProcess:
+    """Runs `python -m headwater <args> --parent <our pid>` and restarts it if it dies.
+
+    The child runs in its own session (terminal signals come to us; we stop it when we are
+    done) and stops by itself if we disappear (`--parent`).
+    """
+
+    def __init__(self, name: str, args: list[str], restart_delay: float = 1.0) -> None:
+        self.name = name
+        self.args = args
+        self.restart_delay = restart_delay
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
+        self._watcher.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask the child to finish (SIGTERM), kill it after `timeout` seconds."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "headwater", *self.args, "--parent", str(os.getpid())],
+            start_new_session=True,
+        )
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            proc = self._proc
+            assert proc is not None
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            log.error("the %s exited with code %s; restarting it", self.name, code)
+            time.sleep(self.restart_delay)
+            if not self._stopping.is_set():
+                self._spawn()
