@@ -79,6 +79,9 @@ class EmbeddedLog:
         self._reader.close()
 
 
+MAX_RECORDS = 20_000  # per fetch: bounds a stage's work in hand per partition
+
+
 class EmbeddedConsumer:
     """A consumer group's reading of one partition of an embedded log.
 
@@ -106,9 +109,10 @@ class EmbeddedConsumer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            batches = self._reader.read(self.partition, self._next, max_records=20_000)
+            batches = self._reader.read(
+                self.partition, self._next, max_records=MAX_RECORDS, max_batches=max_batches
+            )
             if batches:
-                batches = batches[:max_batches]
                 self._next = batches[-1].end_offset
                 return batches
             if loop.time() >= deadline:

@@ -34,11 +34,13 @@ class EmbeddedLogReader:
     def partitions(self) -> int:
         return self._partitions
 
-    def read(self, partition: int, offset: int, max_records: int = 10_000) -> list[RecordBatch]:
+    def read(
+        self, partition: int, offset: int, max_records: int = 10_000, max_batches: int = 1000
+    ) -> list[RecordBatch]:
         rows = self._conn.execute(
             "SELECT end_offset, count, segment, position, length FROM batches "
-            "WHERE partition=? AND end_offset>? ORDER BY end_offset LIMIT 1000",
-            (partition, offset),
+            "WHERE partition=? AND end_offset>? ORDER BY end_offset LIMIT ?",
+            (partition, offset, max_batches),
         ).fetchall()
         batches: list[RecordBatch] = []
         total = 0
