@@ -123,7 +123,7 @@ class Stamper:
                 msg.context = Raw(ip_prefix + b"}")
             else:
                 raw = bytes(context)
-                if raw[:2] == b'{"' and b'"ip"' not in raw and b"\\u" not in raw:
+                if raw[:2] == b'{"' and raw.find(b'"ip"') < 0 and raw.find(b"\\u") < 0:
                     # certainly no ip key (not even spelled with escapes): splice one in
                     msg.context = Raw(ip_prefix + b"," + raw[1:])
                 else:

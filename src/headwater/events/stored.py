@@ -19,13 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def records_of_run(source_id: str, stamp: bytes | None, messages: bytes) -> list[Record]:
-    """The records of one run, stamped (runs without a stamp hold final messages)."""
+    """The records of one run, stamped (runs without a stamp hold final messages).
+
+    A stamped record also carries its profile key (`userId`, else `anonymousId`, else
+    `messageId`), read while the message is decoded anyway, so that stages need not decode it
+    again to partition by profile.
+    """
     raws = split_array(messages)
     if stamp is None:
         return [Record(source_id, bytes(raw)) for raw in raws]
     stamper = Stamper(decode_stamp(stamp))
-    records = []
+    records: list[Record] = []
+    append = records.append
     for raw in raws:
+        key = None
         try:
             item = decode_message(raw)
             msg = item.message
@@ -36,11 +43,12 @@ def records_of_run(source_id: str, stamp: bytes | None, messages: bytes) -> list
             check(msg, stamper.path_type, None)
             stamper.apply(msg)
             data = encode_message(msg, item.extras)
+            key = msg.userId or msg.anonymousId or msg.messageId or None
         except Dropped as exc:  # the gateway validated it: this means the rules changed
             log.error("a stored message no longer validates (%s); passing it through", exc.code)
             data = bytes(raw)
         except Exception:  # never let one message make the log unreadable
             log.exception("stamping a stored message failed; passing it through as sent")
             data = bytes(raw)
-        records.append(Record(source_id, data))
+        append(Record(source_id, data, key if type(key) is str else None))
     return records

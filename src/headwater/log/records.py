@@ -20,10 +20,15 @@ import xxhash
 
 
 class Record(msgspec.Struct, frozen=True, gc=False):
-    """One stored message, as every reader sees it (stamped)."""
+    """One stored message, as every reader sees it (stamped).
+
+    `profile_key` is the message's profile key when the reader already knew it (see
+    `headwater.events.stored`); None means "decode the message to find it".
+    """
 
     source_id: str
     message: bytes
+    profile_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Protocol
 
@@ -40,12 +42,12 @@ PROCESSED = "processed"
 FAILED = "failed"
 
 
-class Item(msgspec.Struct):
+class Item(msgspec.Struct, gc=False):
     """One message moving through a stage's steps."""
 
     source_id: str
     message: bytes
-    key: str = ""  # what the output log is partitioned by (set by a step)
+    key: str = ""  # what the output log is partitioned by (from the reader, or set by a step)
     outcome: str = ""  # empty while the item is still on its way to the output
     reason: str = ""
 
@@ -67,6 +69,9 @@ class Step(Protocol):
     def __call__(self, items: list[Item]) -> None: ...
 
 
+_outcome_of = attrgetter("source_id", "outcome", "reason")
+
+
 class StageMetrics:
     """Outcome counters of one stage process, flushed as a metrics snapshot."""
 
@@ -75,10 +80,11 @@ class StageMetrics:
         self.counts: dict[tuple[str, str, str], int] = {}
 
     def count(self, items: Sequence[Item]) -> None:
+        """Count items that left the stage: those without an outcome were written out."""
         counts = self.counts
-        for item in items:
-            key = (item.source_id, item.outcome, item.reason)
-            counts[key] = counts.get(key, 0) + 1
+        for (source_id, outcome, reason), n in Counter(map(_outcome_of, items)).items():
+            key = (source_id, outcome or PROCESSED, reason)
+            counts[key] = counts.get(key, 0) + n
 
     def total(self, outcome: str | None = None) -> int:
         return sum(n for (_s, o, _r), n in self.counts.items() if outcome in (None, o))
@@ -168,7 +174,9 @@ class StageRunner:
     async def process(self, batches: list[RecordBatch]) -> list[Item]:
         """Run the steps over the records of `batches` (no I/O besides the steps' own)."""
         items = [
-            Item(record.source_id, record.message) for batch in batches for record in batch.records
+            Item(record.source_id, record.message, record.profile_key or "")
+            for batch in batches
+            for record in batch.records
         ]
         for step in self.spec.steps:
             step(items)
@@ -231,9 +239,6 @@ class StageRunner:
             await consumer.commit(end)
             self.positions[partition] = end
             for _unit, items in processed:
-                for item in items:
-                    if not item.outcome:
-                        item.outcome = PROCESSED
                 self.metrics.count(items)
 
 

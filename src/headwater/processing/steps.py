@@ -19,16 +19,17 @@ _routing = msgspec.json.Decoder(_Routing)
 
 
 class ProfileKey:
-    """Key each item by its profile: `userId`, else `anonymousId` (issue "identity" replaces
-    this with the canonical profile id). A message that is not a readable JSON object ends
-    with outcome `failed`, reason `invalid_message`."""
+    """Key each item by its profile: `userId`, else `anonymousId`, else `messageId` (the
+    identity step will replace this with the canonical profile id). Items the reader already
+    keyed (stamped messages) are left as they are. A message that is not a readable JSON object
+    ends with outcome `failed`, reason `invalid_message`."""
 
     name = "profile_key"
 
     def __call__(self, items: list[Item]) -> None:
         decode = _routing.decode
         for item in items:
-            if item.outcome:
+            if item.outcome or item.key:
                 continue
             try:
                 r = decode(item.message)
