@@ -133,14 +133,15 @@ def _cmdline(pid: int) -> bytes:
 def test_gateway_memory_stays_bounded_under_overload(fresh_server: HeadwaterServer) -> None:
     """More clients at once than a worker takes requests (`max_concurrent_requests`, 100),
     each sending batches near the 500 KB limit as fast as it can: the gateway answers (200, or
-    429 when the log is behind) and its workers stay under 200 MB."""
+    429 when the log is behind) and its workers, like the processor behind them, stay under
+    200 MB."""
     fresh_server.workers = 1
     fresh_server.start()
     run = uuid.uuid4().hex[:8]
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     stop = threading.Event()
-    peak = 0
+    peak = processor_peak = 0.0
 
     def client(c: int) -> None:
         with httpx.Client(base_url=fresh_server.url, timeout=30) as http:
@@ -158,6 +159,7 @@ def test_gateway_memory_stays_bounded_under_overload(fresh_server: HeadwaterServ
     deadline = time.monotonic() + 12
     while time.monotonic() < deadline and any(t.is_alive() for t in threads):
         peak = max(peak, _largest_worker_rss_mb(fresh_server))
+        processor_peak = max(processor_peak, _largest_worker_rss_mb(fresh_server, b"processor"))
         time.sleep(0.1)
     stop.set()
     for t in threads:
@@ -165,12 +167,18 @@ def test_gateway_memory_stays_bounded_under_overload(fresh_server: HeadwaterServ
     assert statuses[200] > 0
     assert set(statuses) <= {200, 429}, statuses
     assert 0 < peak < 200, f"a gateway worker reached {peak:.0f} MB"
+    assert 0 < processor_peak < 200, f"the processor reached {processor_peak:.0f} MB"
 
 
-def _largest_worker_rss_mb(server: HeadwaterServer) -> float:
+def _largest_worker_rss_mb(server: HeadwaterServer, role: bytes = b"") -> float:
+    """The largest RSS among `up`'s children: gateway workers, or those whose command line
+    names `role` (the processor)."""
     largest = 0.0
     for pid in _children(server):
-        if b"headwater.log.embedded" in _cmdline(pid):
+        cmdline = _cmdline(pid)
+        if b"headwater.log.embedded" in cmdline:
+            continue
+        if (role and role not in cmdline) or (not role and b"processor" in cmdline):
             continue
         try:
             status = Path(f"/proc/{pid}/status").read_text()

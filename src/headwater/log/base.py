@@ -100,6 +100,11 @@ class PartitionConsumer(Protocol):
         """Take the partition over; returns the committed offset (0: never committed)."""
         ...
 
+    async def wait(self, timeout: float) -> bool:
+        """Whether there is something to fetch, waiting up to `timeout` for it (nothing is
+        decoded: a stage waits here without holding data)."""
+        ...
+
     async def fetch(self, max_batches: int, timeout: float) -> list[RecordBatch]:
         """The next batches after the last fetched (empty when none arrived within `timeout`)."""
         ...

@@ -11,8 +11,10 @@ input position, so a replay after a crash changes nothing twice:
   JetStream drops a repeated `Nats-Msg-Id` within its duplicate window;
 - steps are idempotent per `messageId` (their own state is keyed by it).
 
-Bounded work: at most `max_batches` input batches per partition are in hand at a time, one
-partition's unit is appended before the next is fetched, and the output's `LogBackpressure` or
+Bounded work: at most `max_batches` input batches per partition are in hand at a time, at
+most `max_busy_partitions` partitions fetch, process and append at once (the others wait for
+data without reading it: `PartitionConsumer.wait`), one partition's unit is appended before
+the next is fetched, and the output's `LogBackpressure` or
 `LogUnavailable` is the signal to back off and retry the same unit. Every item leaves with an
 outcome (`processed` when written to the output, or the outcome a step gave it) and a reason,
 counted in `StageMetrics`.
@@ -106,6 +108,7 @@ class StageSpec:
     sink: Log
     merge_units: bool = True  # one append per fetch (embedded) or one per input batch (JetStream)
     max_batches: int = 64
+    max_busy_partitions: int = 2  # processing is one thread's work: two overlap I/O with CPU
     fetch_timeout: float = 0.5
     backoff_max: float = 5.0
     holds: Callable[[int], bool] = field(default=lambda _p: True)
@@ -139,6 +142,7 @@ class StageRunner:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.positions: dict[int, int] = {}
         self.errors = 0
+        self._busy = asyncio.Semaphore(spec.max_busy_partitions)
 
     @property
     def assigned(self) -> set[int]:
@@ -220,19 +224,22 @@ class StageRunner:
             position = await consumer.open()
         self.positions[partition] = position
         while spec.holds(partition):
-            batches = await consumer.fetch(spec.max_batches, spec.fetch_timeout)
-            if not batches:
+            if not await consumer.wait(spec.fetch_timeout):
                 continue
-            units = [batches] if spec.merge_units else [[b] for b in batches]
-            processed = [(unit, await self.process(unit)) for unit in units]
-            await asyncio.gather(
-                *(
-                    spec.sink.append(
-                        outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
+            async with self._busy:  # bounds the units in hand (decoded) at once
+                batches = await consumer.fetch(spec.max_batches, spec.fetch_timeout)
+                if not batches:
+                    continue
+                units = [batches] if spec.merge_units else [[b] for b in batches]
+                processed = [(unit, await self.process(unit)) for unit in units]
+                await asyncio.gather(
+                    *(
+                        spec.sink.append(
+                            outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
+                        )
+                        for unit, items in processed
                     )
-                    for unit, items in processed
                 )
-            )
             if not spec.holds(partition):
                 return  # lost the lease meanwhile: the next owner commits
             end = batches[-1].end_offset

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,11 +103,17 @@ class SegmentAppender:
             else None
         )
         self._spare_asked = -1
+        # One commit at a time, even when callers run commits in threads and give up waiting.
+        self._mutex = threading.RLock()
 
     def close(self) -> None:
         """Force everything written to disk and release files."""
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
         if self._unsynced:
-            self.sync()
+            self._sync()
         if self._spare is not None:
             self._spare.close()
         for fd in self._fds.values():
@@ -135,6 +142,10 @@ class SegmentAppender:
         idempotent append: see `headwater.log.base.Log`). Raises `LogError` when nothing could
         be stored.
         """
+        with self._mutex:
+            return self._commit(groups, producer)
+
+    def _commit(self, groups: Iterable[list[Run]], producer: tuple[str, int] | None) -> int:
         if self.fatal is not None:
             raise LogUnavailable(self.fatal, retry_after=5)
         self._check_disk()
@@ -160,6 +171,10 @@ class SegmentAppender:
 
     def sync(self) -> None:
         """Force written data to disk now (the `interval` policy's periodic step)."""
+        with self._mutex:
+            self._sync()
+
+    def _sync(self) -> None:
         try:
             for segment in list(self._unsynced):
                 self._sync_fd(segment)
@@ -181,9 +196,10 @@ class SegmentAppender:
 
     def produced(self, producer: str) -> int | None:
         """The producer's mark: the highest `seq` it has committed (None: never)."""
-        row = self._conn.execute(
-            "SELECT seq FROM producers WHERE producer=?", (producer,)
-        ).fetchone()
+        with self._mutex:
+            row = self._conn.execute(
+                "SELECT seq FROM producers WHERE producer=?", (producer,)
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def _write(

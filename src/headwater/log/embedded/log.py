@@ -79,7 +79,7 @@ class EmbeddedLog:
         self._reader.close()
 
 
-MAX_RECORDS = 20_000  # per fetch: bounds a stage's work in hand per partition
+MAX_RECORDS = 4096  # per fetch: bounds a stage's work in hand per partition (and its memory)
 
 
 class EmbeddedConsumer:
@@ -105,6 +105,15 @@ class EmbeddedConsumer:
         """Continue fetching at `offset` (a stage that knows its output got further)."""
         self._next = offset
 
+    async def wait(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._reader.end_offsets()[self.partition] <= self._next:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(self.POLL_S)
+        return True
+
     async def fetch(self, max_batches: int, timeout: float) -> list[RecordBatch]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -120,7 +129,7 @@ class EmbeddedConsumer:
             await asyncio.sleep(self.POLL_S)
 
     async def commit(self, offset: int) -> None:
-        self._reader.commit(self.group, {self.partition: offset})  # one small SQLite write
+        self._reader.commit(self.group, {self.partition: offset}, forward_only=True)
 
     async def close(self) -> None:
         return None

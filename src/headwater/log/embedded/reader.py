@@ -89,15 +89,20 @@ class EmbeddedLogReader:
         row = self._conn.execute("SELECT coalesce(sum(bytes), 0) FROM segments").fetchone()
         return int(row[0])
 
-    def commit(self, group: str, offsets: dict[int, int]) -> None:
+    def commit(self, group: str, offsets: dict[int, int], forward_only: bool = False) -> None:
+        """Set `group`'s offsets (`forward_only`: never move one back, as a stage commits)."""
         now_ms = time.time_ns() // 1_000_000
         rows = [(group, p, off, now_ms) for p, off in offsets.items()]
+        sql = (
+            "INSERT INTO consumer_offsets VALUES(?,?,?,?) ON CONFLICT(grp, partition) DO UPDATE "
+            "SET committed=max(committed, excluded.committed), updated_ms=excluded.updated_ms"
+            if forward_only
+            else "INSERT OR REPLACE INTO consumer_offsets VALUES(?,?,?,?)"
+        )
         with self._files.write_lock():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO consumer_offsets VALUES(?,?,?,?)", rows
-                )
+                self._conn.executemany(sql, rows)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")

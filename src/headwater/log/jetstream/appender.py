@@ -10,7 +10,6 @@ retried, so a lost acknowledgement never stores a batch twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -163,5 +162,7 @@ class JetStreamAppender:
 
 
 def _call(done: Done, error: LogError | None) -> None:
-    with contextlib.suppress(Exception):
+    try:
         done(error)
+    except Exception:  # a caller's bug must not stop the acknowledgements of the others
+        log.exception("a log completion callback failed")

@@ -151,7 +151,7 @@ class JetStreamLog:
                 )
             except NotFoundError:
                 continue
-            result[p] = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+            result[p] = _floor(info)
         return result
 
     async def groups(self) -> list[str]:
@@ -174,6 +174,14 @@ def consumer_name(group: str, partition: int) -> str:
     return f"{group}-{partition}"
 
 
+def _floor(info: js_api.ConsumerInfo) -> int:
+    """A consumer's committed offset: its ack floor, or where it was created to start (a
+    consumer recreated at the floor reports 0 until it acknowledges something)."""
+    acked = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+    start = int(info.config.opt_start_seq or 1) - 1 if info.config else 0
+    return max(acked, start)
+
+
 def _batch(partition: int, seq: int, data: bytes) -> RecordBatch:
     try:
         records = decode_batch(data)
@@ -194,13 +202,14 @@ class JetStreamConsumer:
         self._name = consumer_name(group, partition)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._delivered: dict[int, Msg] = {}
+        self._early: list[Msg] = []
 
     async def open(self) -> int:
         js = self._log.js
         floor = 0
         try:
             info = await js.consumer_info(self._stream, self._name)
-            floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+            floor = _floor(info)
             await js.delete_consumer(self._stream, self._name)
         except NotFoundError:
             pass
@@ -216,15 +225,27 @@ class JetStreamConsumer:
         await js.add_consumer(self._stream, config)
         self._sub = await js.pull_subscribe_bind(self._name, self._stream)
         self._delivered.clear()
+        self._early = []
         return floor
 
-    async def fetch(self, max_batches: int, timeout: float) -> list[RecordBatch]:
+    async def wait(self, timeout: float) -> bool:
+        if self._early:
+            return True
+        self._early = await self._pull(1, timeout)  # kept undecoded until `fetch`
+        return bool(self._early)
+
+    async def _pull(self, n: int, timeout: float) -> list[Msg]:
         if self._sub is None:
             raise RuntimeError("open() the consumer first")
         try:
-            msgs = await self._sub.fetch(max_batches, timeout=timeout)
+            return await self._sub.fetch(n, timeout=timeout)
         except (TimeoutError, NatsTimeoutError):
             return []
+
+    async def fetch(self, max_batches: int, timeout: float) -> list[RecordBatch]:
+        msgs, self._early = self._early, []
+        if len(msgs) < max_batches:
+            msgs += await self._pull(max_batches - len(msgs), 0.01 if msgs else timeout)
         batches = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
