@@ -102,7 +102,7 @@ async def _owners(config: Config, paths: DataPaths, partitions: int) -> dict[int
         from headwater.log.jetstream import Names, connect
         from headwater.log.jetstream.leases import read_leases
 
-        nc = await connect(config.log.url, name="headwater-status")
+        nc = await connect(config.log.url, name="headwater-status", forever=False)
         try:
             return await read_leases(nc.jetstream(), Names(config.log.prefix).leases_bucket)
         finally:

@@ -40,7 +40,7 @@ async def open_logs(
         from headwater.log.jetstream import JetStreamLog, JetStreamSettings, connect, ensure_log
 
         settings = JetStreamSettings.from_config(config)
-        nc = await connect(settings.url, name="headwater-tool")
+        nc = await connect(settings.url, name="headwater-tool", forever=False)
         try:
             js = nc.jetstream()
             for name in names:

@@ -131,7 +131,16 @@ async def _run_jetstream(
     from headwater.log.jetstream.leases import LeaseManager, lease_bucket
 
     settings = JetStreamSettings.from_config(config)
-    nc = await connect(settings.url, name=f"headwater-processor-{member}")
+    connecting = asyncio.ensure_future(connect(settings.url, name=f"headwater-processor-{member}"))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():  # asked to stop while NATS was still out of reach
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        return
+    nc = connecting.result()
     try:
         js = nc.jetstream(publish_async_max_pending=20_000)
         for name in ("ingest", "events"):

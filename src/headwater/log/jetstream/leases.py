@@ -30,6 +30,7 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NotFoundError,
 )
 from nats.js.kv import KeyValue
 
@@ -128,8 +129,10 @@ class LeaseManager:
         for p in list(self.owned):
             with contextlib.suppress(NatsError, APIError, TimeoutError):
                 await self._release(p)
-        with contextlib.suppress(NatsError, APIError, TimeoutError, KeyNotFoundError):
-            await self.kv.delete(self._member_key(self.member))
+        # Purged, not deleted: a delete marker would still list this member until the TTL.
+        subject = f"$KV.{self.bucket}.{self._member_key(self.member)}"
+        with contextlib.suppress(NatsError, APIError, TimeoutError, NotFoundError):
+            await self.js.purge_stream(f"KV_{self.bucket}", subject=subject)
 
     # -- internals -----------------------------------------------------------------------------
 

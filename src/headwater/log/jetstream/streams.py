@@ -9,15 +9,20 @@ one record batch (the same MessagePack encoding as the embedded log).
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from headwater.config import Config, parse_duration, parse_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +72,44 @@ class Names:
         return f"{self.prefix}-leases"
 
 
-async def connect(url: str, name: str = "headwater") -> NATS:
-    """A NATS connection that keeps reconnecting for as long as the process runs."""
-    return await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        allow_reconnect=True,
-    )
+class NatsErrors:
+    """nats-py's error callback: one log line per kind of error and `every` seconds (the
+    default callback logs a traceback on every reconnect attempt)."""
+
+    def __init__(self, url: str, every: float = 30.0) -> None:
+        self.url = url
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    async def __call__(self, error: Exception) -> None:
+        kind = type(error).__name__
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.every) >= self.every:
+            self._last[kind] = now
+            log.warning("NATS at %s: %s: %s (retrying)", self.url, kind, error or "no answer")
+
+
+async def connect(url: str, name: str = "headwater", *, forever: bool = True) -> NATS:
+    """A NATS connection. `forever` (long-running roles): wait for the server as long as it
+    takes and keep reconnecting. Otherwise (tools): raise `OSError` if it does not answer
+    within a few seconds."""
+    errors = NatsErrors(url)
+
+    async def on_error(error: Exception) -> None:  # nats-py wants a coroutine function
+        await errors(error)
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            max_reconnect_attempts=-1 if forever else 2,
+            reconnect_time_wait=0.5,
+            connect_timeout=2 if not forever else 5,
+            allow_reconnect=True,
+            error_cb=on_error,
+        )
+    except (NoServersError, TimeoutError, OSError) as exc:
+        raise OSError(f"NATS at {url} does not answer ({type(exc).__name__})") from None
 
 
 async def ensure_log(js: JetStreamContext, settings: JetStreamSettings, log: str) -> None:
