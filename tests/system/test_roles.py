@@ -9,8 +9,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from tests.support.fleet import Fleet, Gateway, Role, wait_until
 
 
