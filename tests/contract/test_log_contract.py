@@ -27,9 +27,9 @@ import pytest
 from headwater.log.base import Log, PartitionConsumer
 from headwater.log.embedded import AppendSettings, enforce_retention
 from headwater.log.embedded.log import EmbeddedLog
-from headwater.log.jetstream import JetStreamLog, JetStreamSettings, connect, ensure_log
+from headwater.log.jetstream import JetStreamLog, connect, ensure_log
 from headwater.log.records import RecordBatch, Run, encode_run
-from tests.support.jetstream import NATS_URL, purge_prefix, unique_prefix
+from tests.support.jetstream import NATS_URL, namespace_settings, purge_prefix, unique_prefix
 
 NAME = "events"
 PARTITIONS = 4
@@ -651,7 +651,7 @@ class TestJetStreamLog(LogContract):
     @pytest.fixture(autouse=True)
     def _namespace(self) -> Iterator[None]:
         prefix = unique_prefix()
-        self.settings = JetStreamSettings(url=NATS_URL, prefix=prefix, partitions=PARTITIONS)
+        self.settings = namespace_settings(prefix, partitions=PARTITIONS)
         yield
         asyncio.run(purge_prefix(prefix))
 

@@ -212,6 +212,14 @@ class Fleet:
         assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
         return done.stdout.decode()
 
+    def headwater_fails(self, *args: str, data: Path | None = None, timeout: float = 60.0) -> str:
+        """Run a `headwater` command that must fail; its stderr."""
+        cmd = [sys.executable, "-m", "headwater", *args, "--config", str(self.config)]
+        cmd += ["--data", str(data or self.root / "tool")]
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        assert done.returncode != 0, done.stdout.decode(errors="replace")[-3000:]
+        return done.stderr.decode(errors="replace")
+
     def status(self, data: Path | None = None) -> list[dict[str, Any]]:
         """`headwater status --json`: one dict per partition and log."""
         out = self.headwater("status", "--json", data=data)

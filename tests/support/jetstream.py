@@ -12,6 +12,7 @@ import pytest
 from headwater.log.jetstream import JetStreamSettings
 
 NATS_URL = "nats://127.0.0.1:4222"
+TEST_MAX_BYTES = 64 * 1024 * 1024  # per log: JetStream reserves it, and tests run side by side
 
 
 def unique_prefix() -> str:
@@ -41,12 +42,20 @@ def js_prefix() -> Iterator[str]:
 
 @pytest.fixture
 def js_settings(js_prefix: str) -> JetStreamSettings:
-    return JetStreamSettings(url=NATS_URL, prefix=js_prefix, partitions=4, lease_ttl_s=3.0)
+    return namespace_settings(js_prefix, partitions=4, lease_ttl_s=3.0)
+
+
+def namespace_settings(prefix: str, partitions: int = 4, **kw: float) -> JetStreamSettings:
+    """Settings for a test's own namespace, reserving little storage."""
+    return JetStreamSettings(
+        url=NATS_URL, prefix=prefix, partitions=partitions, max_bytes=TEST_MAX_BYTES, **kw
+    )
 
 
 def jetstream_config(prefix: str, partitions: int = 4, lease_ttl: str = "3s") -> str:
     """The `log:` section of a headwater.yaml on this test's JetStream namespace."""
     return (
         f"log: {{backend: jetstream, url: '{NATS_URL}', partitions: {partitions}, "
-        f"replicas: 1, prefix: {prefix}, lease_ttl: {lease_ttl}}}\n"
+        f"replicas: 1, prefix: {prefix}, lease_ttl: {lease_ttl}, "
+        f"retention: {{max_bytes: {TEST_MAX_BYTES}}}}}\n"
     )

@@ -71,13 +71,17 @@ def test_gateway_alone_fills_ingest_and_a_processor_drains_it(tmp_path: Path) ->
         _send(gateway, ids)
 
         assert _message_ids(fleet, "ingest", run) == Counter(ids)  # acknowledged means stored
-        time.sleep(1.0)  # nothing moves them on: no processor runs
-        assert _message_ids(fleet, "events", run) == Counter()
+        time.sleep(1.0)  # nothing moves them on: no processor runs, so no events log yet
+        assert "no events log" in fleet.headwater_fails("tail", "--log", "events", "--no-follow")
+        assert {r["log"] for r in fleet.status()} == {"ingest"}
         rows = [r for r in fleet.status() if r["log"] == "ingest"]
         assert sum(r["end"] for r in rows) > 0
         assert all(r["owner"] is None and "processor" not in r["committed"] for r in rows)
 
         processor = fleet.processor()
+        assert wait_until(  # the processor creates the events log as it starts
+            lambda: {r["log"] for r in fleet.status()} == {"ingest", "events"}, timeout=20
+        ), processor.output()[-3000:]
         assert wait_until(
             lambda: set(_message_ids(fleet, "events", run)) == set(ids), timeout=20
         ), processor.output()[-3000:]

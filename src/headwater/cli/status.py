@@ -66,9 +66,15 @@ def status(config: Config, config_path: str | None, paths: DataPaths, as_json: b
 async def collect(config: Config, paths: DataPaths) -> list[PartitionStatus]:
     """The status of every partition of every log that exists."""
     rows: list[PartitionStatus] = []
-    names = LOG_NAMES if config.log.backend == "jetstream" else _embedded_logs(paths)
-    async with open_logs(config, paths, names, create=False) as logs:
-        owners = await _owners(config, paths, logs[names[0]].partitions if names else 0)
+    async with open_logs(config, paths, LOG_NAMES, create=False, missing_ok=True) as logs:
+        if not logs:
+            where = (
+                f"JetStream (prefix {config.log.prefix!r})"
+                if config.log.backend == "jetstream"
+                else str(paths.root)
+            )
+            raise LogLayoutError(f"no log in {where}: start Headwater once to create it")
+        owners = await _owners(config, paths, next(iter(logs.values())).partitions)
         for name, log in logs.items():
             starts, ends = await log.start_offsets(), await log.end_offsets()
             groups = await log.groups()
@@ -87,13 +93,6 @@ async def collect(config: Config, paths: DataPaths) -> list[PartitionStatus]:
                     )
                 )
     return rows
-
-
-def _embedded_logs(paths: DataPaths) -> tuple[str, ...]:
-    found = tuple(n for n in LOG_NAMES if (paths.log_dir(n) / "index.db").exists())
-    if not found:
-        raise LogLayoutError(f"no log under {paths.root}: start `headwater up` once to create it")
-    return found
 
 
 async def _owners(config: Config, paths: DataPaths, partitions: int) -> dict[int, str]:

@@ -167,9 +167,11 @@ class StageRunner:
     async def revoke(self, partition: int) -> None:
         """`revoke_now`, then wait until the partition's work has stopped."""
         task = self.revoke_now(partition)
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        while task is not None and not task.done():
+            # On Python 3.11, `wait_for` inside a library can swallow a cancellation that
+            # coincides with its result: cancel again until the task has really ended.
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
 
     async def stop(self) -> None:
         for p in list(self._tasks):
@@ -223,7 +225,8 @@ class StageRunner:
             await consumer.commit(produced)
             position = await consumer.open()
         self.positions[partition] = position
-        while spec.holds(partition):
+        me = asyncio.current_task()
+        while spec.holds(partition) and self._tasks.get(partition) is me:  # not revoked
             if not await consumer.wait(spec.fetch_timeout):
                 continue
             async with self._busy:  # bounds the units in hand (decoded) at once
@@ -232,16 +235,12 @@ class StageRunner:
                     continue
                 units = [batches] if spec.merge_units else [[b] for b in batches]
                 processed = [(unit, await self.process(unit)) for unit in units]
-                await asyncio.gather(
-                    *(
-                        spec.sink.append(
-                            outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
-                        )
-                        for unit, items in processed
+                for unit, items in processed:  # in order: a later mark must not pass a failure
+                    await spec.sink.append(
+                        outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
                     )
-                )
-            if not spec.holds(partition):
-                return  # lost the lease meanwhile: the next owner commits
+            if not spec.holds(partition) or self._tasks.get(partition) is not me:
+                return  # lost the lease or revoked meanwhile: the next owner commits
             end = batches[-1].end_offset
             await consumer.commit(end)
             self.positions[partition] = end

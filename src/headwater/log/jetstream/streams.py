@@ -18,11 +18,13 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from headwater.config import Config, parse_duration, parse_size
 
 log = logging.getLogger(__name__)
+
+INSUFFICIENT_STORAGE = 10047  # JetStream's error code: "insufficient storage resources"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,16 @@ async def ensure_log(js: JetStreamContext, settings: JetStreamSettings, log: str
         try:
             info = await js.stream_info(config.name or "")
         except NotFoundError:
-            await js.add_stream(config)
+            try:
+                await js.add_stream(config)
+            except APIError as exc:
+                if exc.err_code == INSUFFICIENT_STORAGE:
+                    raise OSError(
+                        f"JetStream cannot reserve {per_partition_bytes} bytes for stream "
+                        f"{config.name}: every stream reserves its share of "
+                        "log.retention.max_bytes; lower it to fit the servers' file storage"
+                    ) from None
+                raise
             continue
         current = info.config
         if (
@@ -141,6 +152,15 @@ async def ensure_log(js: JetStreamContext, settings: JetStreamSettings, log: str
             or current.duplicate_window != config.duplicate_window
         ):
             await js.update_stream(config)
+
+
+async def log_exists(js: JetStreamContext, settings: JetStreamSettings, log: str) -> bool:
+    """Whether the streams of `log` exist (its first partition's stream does)."""
+    try:
+        await js.stream_info(Names(settings.prefix).stream(log, 0))
+    except NotFoundError:
+        return False
+    return True
 
 
 async def delete_log(js: JetStreamContext, settings: JetStreamSettings, log: str) -> None:
