@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATA ?= .headwater
 CONFIG ?= examples/headwater.yaml
 
-.PHONY: run test lint types unit bench bench-setup clean
+.PHONY: run test lint types unit bench bench-pipeline bench-setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: $(VENV)/.dev
 	scripts/bench-setup.sh
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/gateway.py
+
+## bench-pipeline: gateway -> JetStream and processor throughput against the embedded log (wrk, NATS)
+bench-pipeline: $(VENV)/.dev
+	scripts/bench-setup.sh
+	scripts/ensure-services.sh
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -222,8 +222,8 @@ class SourceWrapper:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def consumer(self, group: str, partition: int) -> PartitionConsumer:
-        return _Consumer(self.inner.consumer(group, partition), self.before_commit)
+    def consumer(self, group: str, partition: int, stamped: bool = True) -> PartitionConsumer:
+        return _Consumer(self.inner.consumer(group, partition, stamped), self.before_commit)
 
 
 class _Consumer:

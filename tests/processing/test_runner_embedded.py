@@ -7,12 +7,16 @@ runner leaves every input message in the output exactly once, in its input parti
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from headwater.events.stamp import Stamp, encode_stamp
 from headwater.log.base import LogBackpressure, LogError, LogUnavailable
 from headwater.log.embedded.log import EmbeddedLog
+from headwater.log.records import Run, encode_run, partition_for
 from headwater.processing.runtime import (
     FAILED,
     PROCESSED,
@@ -30,7 +34,9 @@ from tests.processing._helpers import (
     caught_up,
     check_output,
     message,
+    mid_of,
     open_logs,
+    profile_key,
     read_all,
     read_partition,
     valid_steps,
@@ -455,8 +461,12 @@ def test_revoke_ends_the_partition_even_if_the_cancellation_is_swallowed(
         consumers: list[AnsweredWhenCancelled] = []
 
         class Source(SourceWrapper):
-            def consumer(self, group: str, partition: int) -> object:  # type: ignore[override]
-                consumers.append(AnsweredWhenCancelled(self.inner.consumer(group, partition)))
+            def consumer(  # type: ignore[override]
+                self, group: str, partition: int, stamped: bool = True
+            ) -> object:
+                consumers.append(
+                    AnsweredWhenCancelled(self.inner.consumer(group, partition, stamped))
+                )
                 return consumers[-1]
 
         async def no_hook(_p: int, _o: int) -> None:
@@ -480,6 +490,46 @@ def test_revoke_ends_the_partition_even_if_the_cancellation_is_swallowed(
             assert stopping in done, "revoke() did not return while the lease was held"
         finally:
             await runner.stop()
+            await ingest.close()
+            await events.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("stamped", [True, False])
+def test_stamped_runs_read_the_same_from_events_whether_stamped_or_passed_through(
+    tmp_path: Path, stamped: bool
+) -> None:
+    """Messages stored as sent with their request's stamp (as the gateway stores them) read
+    from `events` exactly as they read from `ingest`, stamped, whether the stage stamps them
+    (`stamped=True`) or passes them through with their stamp for readers to apply."""
+
+    async def main() -> None:
+        ingest, events = open_logs(tmp_path, inputs=2, outputs=3)
+        try:
+            received = datetime(2026, 3, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+            stamp = encode_stamp(Stamp(received, "2026-03-01T12:00:10.000Z", "10.1.2.3"))
+            sent = [
+                b'{"type":"track","event":"E","userId":"u%d","messageId":"m%d",'
+                b'"timestamp":"2026-03-01T12:00:09.000Z","context":{"library":{"name":"x"}}}'
+                % (i, i)
+                for i in range(20)
+            ]
+            for p in range(2):
+                run = encode_run(SOURCE, stamp, sent[p::2])
+                await ingest.append([Run(p, run, len(sent[p::2]))])
+            expected = {
+                mid_of(r): r.message for rs in (await read_all(ingest)).values() for r in rs
+            }
+            assert json.loads(next(iter(expected.values())))["context"]["ip"] == "10.1.2.3"
+            await run_to_end(StageRunner(spec(ingest, events, stamped=stamped)))
+            out = await read_all(events)
+            got = {mid_of(r): r.message for rs in out.values() for r in rs}
+            assert got == expected  # byte for byte: receivedAt, corrected timestamp, ip, ...
+            for p, records in out.items():
+                for r in records:
+                    assert partition_for(profile_key(r.message), 3) == p
+        finally:
             await ingest.close()
             await events.close()
 

@@ -131,6 +131,7 @@ _message_decoder = msgspec.json.Decoder(Message)
 _lenient_decoder = msgspec.json.Decoder(LenientMessage)
 _fields_decoder = msgspec.json.Decoder(dict[str, Raw])
 _raw_list_decoder = msgspec.json.Decoder(list[Raw])
+_message_list_decoder = msgspec.json.Decoder(list[Message])
 _encoder = msgspec.json.Encoder()
 
 
@@ -263,6 +264,15 @@ def decode_object(raw: Raw | bytes) -> dict[str, Raw] | None:
     """The top-level fields of a JSON object, or None if it is not an object."""
     try:
         return _fields_decoder.decode(raw)
+    except msgspec.ValidationError:
+        return None
+
+
+def decode_messages(data: bytes | memoryview) -> list[Message] | None:
+    """Every message of a JSON array in one strict decode, or None if any of them needs the
+    lenient path (then decode them one by one with `decode_message`)."""
+    try:
+        return _message_list_decoder.decode(data)
     except msgspec.ValidationError:
         return None
 

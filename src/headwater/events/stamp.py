@@ -67,6 +67,7 @@ class Stamper:
         "_context",
         "_corrected",
         "_integrations",
+        "_ip_comma",
         "_ip_prefix",
         "_received",
         "_received_raw",
@@ -82,6 +83,7 @@ class Stamper:
         sent = parse_timestamp(stamp.sent_at)
         self._skew = None if sent is None else stamp.received_at - sent
         self._ip_prefix = None if stamp.ip is None else b'{"ip":' + _encoder.encode(stamp.ip)
+        self._ip_comma = b"" if self._ip_prefix is None else self._ip_prefix + b","
         self._context = decode_object(stamp.context) if stamp.context is not None else None
         self._integrations = (
             decode_object(stamp.integrations) if stamp.integrations is not None else None
@@ -123,9 +125,9 @@ class Stamper:
                 msg.context = Raw(ip_prefix + b"}")
             else:
                 raw = bytes(context)
-                if raw[:2] == b'{"' and raw.find(b'"ip"') < 0 and raw.find(b"\\u") < 0:
+                if raw.startswith(b'{"') and raw.find(b'"ip"') < 0 and raw.find(b"\\u") < 0:
                     # certainly no ip key (not even spelled with escapes): splice one in
-                    msg.context = Raw(ip_prefix + b"," + raw[1:])
+                    msg.context = Raw(self._ip_comma + raw[1:])
                 else:
                     _add_ip_slowly(msg, raw, ip_prefix)
         if self._integrations is not None:
@@ -140,7 +142,10 @@ class Stamper:
             result = client_ts
         else:
             try:
-                result = Raw(_encoder.encode((ts + self._skew).astimezone(UTC)))
+                corrected = ts + self._skew
+                if corrected.tzinfo is not UTC:
+                    corrected = corrected.astimezone(UTC)
+                result = Raw(_encoder.encode(corrected))
             except OverflowError:  # the correction leaves the calendar: the clock is nonsense
                 result = self._received_raw
         if type(client_ts) is str:

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import logging
 
-from headwater.events.schema import decode_message, encode_message, split_array
+from headwater.events.schema import (
+    Message,
+    decode_message,
+    decode_messages,
+    encode_message,
+    split_array,
+)
 from headwater.events.stamp import Stamper, decode_stamp
 from headwater.events.validate import Dropped, check, coerce
 from headwater.log.records import Record
@@ -25,10 +31,13 @@ def records_of_run(source_id: str, stamp: bytes | None, messages: bytes) -> list
     `messageId`), read while the message is decoded anyway, so that stages need not decode it
     again to partition by profile.
     """
-    raws = split_array(messages)
     if stamp is None:
-        return [Record(source_id, bytes(raw)) for raw in raws]
+        return [Record(source_id, bytes(raw)) for raw in split_array(messages)]
     stamper = Stamper(decode_stamp(stamp))
+    strict = decode_messages(messages)
+    if strict is not None:  # the common case: one decode for the whole run
+        return _stamped(source_id, stamper, strict, messages)
+    raws = split_array(messages)
     records: list[Record] = []
     append = records.append
     for raw in raws:
@@ -50,5 +59,29 @@ def records_of_run(source_id: str, stamp: bytes | None, messages: bytes) -> list
         except Exception:  # never let one message make the log unreadable
             log.exception("stamping a stored message failed; passing it through as sent")
             data = bytes(raw)
+        append(Record(source_id, data, key if type(key) is str else None))
+    return records
+
+
+def _stamped(
+    source_id: str, stamper: Stamper, msgs: list[Message], messages: bytes
+) -> list[Record]:
+    """`records_of_run` for messages that all decoded strictly."""
+    path_type = stamper.path_type
+    apply = stamper.apply
+    records: list[Record] = []
+    append = records.append
+    for i, msg in enumerate(msgs):
+        try:
+            check(msg, path_type, None)
+            apply(msg)
+            data = encode_message(msg, None)
+        except Dropped as exc:  # the gateway validated it: this means the rules changed
+            log.error("a stored message no longer validates (%s); passing it through", exc.code)
+            data = bytes(split_array(messages)[i])
+        except Exception:  # never let one message make the log unreadable
+            log.exception("stamping a stored message failed; passing it through as sent")
+            data = bytes(split_array(messages)[i])
+        key = msg.userId or msg.anonymousId or msg.messageId or None
         append(Record(source_id, data, key if type(key) is str else None))
     return records

@@ -157,8 +157,9 @@ class Log(Protocol):
         """Per partition, the oldest offset still retained."""
         ...
 
-    def consumer(self, group: str, partition: int) -> PartitionConsumer:
-        """A consumer of `partition` for `group` (call `open` before fetching)."""
+    def consumer(self, group: str, partition: int, stamped: bool = True) -> PartitionConsumer:
+        """A consumer of `partition` for `group` (call `open` before fetching). With
+        `stamped=False` records come as stored, each with its stamp (`Record.stamp`)."""
         ...
 
     async def committed(self, group: str) -> dict[int, int]:

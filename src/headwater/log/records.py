@@ -23,12 +23,15 @@ class Record(msgspec.Struct, frozen=True, gc=False):
     """One stored message, as every reader sees it (stamped).
 
     `profile_key` is the message's profile key when the reader already knew it (see
-    `headwater.events.stored`); None means "decode the message to find it".
+    `headwater.events.stored`); None means "decode the message to find it". `stamp` is set
+    only on records read unstamped (`decode_batch(..., stamped=False)`): the message is as the
+    client sent it and `stamp` is its request's encoded `Stamp`, still to be applied.
     """
 
     source_id: str
     message: bytes
     profile_key: str | None = None
+    stamp: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +99,20 @@ def decode_runs(payload: bytes | memoryview) -> list[RunTuple]:
     return _decoder.decode(payload)
 
 
-def decode_batch(payload: bytes | memoryview) -> list[Record]:
-    """The records of a record batch, in order, stamped."""
+def decode_batch(payload: bytes | memoryview, stamped: bool = True) -> list[Record]:
+    """The records of a record batch, in order: stamped, or (`stamped=False`, for stages that
+    only route messages) as stored, each with its request's stamp still to apply."""
+    from headwater.events.schema import split_array
     from headwater.events.stored import records_of_run
 
     records: list[Record] = []
-    for run in decode_runs(payload):
-        records.extend(records_of_run(*run))
+    for source_id, stamp, messages in decode_runs(payload):
+        if stamped or stamp is None:
+            records.extend(records_of_run(source_id, stamp, messages))
+        else:
+            records.extend(
+                Record(source_id, bytes(raw), None, stamp) for raw in split_array(messages)
+            )
     return records
 
 

@@ -35,6 +35,9 @@ from headwater.processing.steps import ProfileKey
 log = logging.getLogger(__name__)
 
 STAGE = "processor"
+# The processor's steps so far only route on ids: they read messages as stored and leave each
+# run's stamp for the readers of `events` to apply (decode only what you route on).
+PASS_THROUGH_STAMPED = False
 RETENTION_EVERY_S = 30.0
 
 
@@ -93,7 +96,15 @@ async def _run_embedded(
         ingest = EmbeddedLog("ingest", paths.log_dir("ingest"), settings)
         events = EmbeddedLog("events", paths.log_dir("events"), settings)
         runner = StageRunner(
-            StageSpec(STAGE, processor_steps(config), ingest, events, merge_units=True), metrics
+            StageSpec(
+                STAGE,
+                processor_steps(config),
+                ingest,
+                events,
+                merge_units=True,
+                stamped=PASS_THROUGH_STAMPED,
+            ),
+            metrics,
         )
         try:
             for p in range(ingest.partitions):
@@ -149,7 +160,14 @@ async def _run_jetstream(
         events: Log = JetStreamLog("events", nc, settings, js)
         bucket = Names(settings.prefix).leases_bucket
         kv = await lease_bucket(js, bucket, settings.lease_ttl_s, settings.replicas)
-        spec = StageSpec(STAGE, processor_steps(config), ingest, events, merge_units=False)
+        spec = StageSpec(
+            STAGE,
+            processor_steps(config),
+            ingest,
+            events,
+            merge_units=False,
+            stamped=PASS_THROUGH_STAMPED,
+        )
         runner = StageRunner(spec, metrics)
         leases = LeaseManager(
             js,

@@ -52,6 +52,7 @@ class Item(msgspec.Struct, gc=False):
     key: str = ""  # what the output log is partitioned by (from the reader, or set by a step)
     outcome: str = ""  # empty while the item is still on its way to the output
     reason: str = ""
+    stamp: bytes | None = None  # the request's stamp, for messages read as stored
 
     def stop(self, outcome: str, reason: str) -> None:
         """End this item here: it is counted under `outcome`/`reason`, not written."""
@@ -112,6 +113,9 @@ class StageSpec:
     fetch_timeout: float = 0.5
     backoff_max: float = 5.0
     holds: Callable[[int], bool] = field(default=lambda _p: True)
+    # False: steps see messages as stored (with `Item.stamp`), and the output keeps the stamp
+    # for its readers to apply; enough for steps that only route on a few fields.
+    stamped: bool = True
 
 
 def producer_name(stage: str, partition: int) -> str:
@@ -121,15 +125,15 @@ def producer_name(stage: str, partition: int) -> str:
 
 def outputs_of(items: Sequence[Item], partitions: int) -> list[Run]:
     """The runs to append for the items still on their way: per output partition and source."""
-    grouped: dict[tuple[int, str], list[bytes]] = {}
+    grouped: dict[tuple[int, str, bytes | None], list[bytes]] = {}
     for item in items:
         if item.outcome:
             continue
-        key = (partition_for(item.key, partitions), item.source_id)
+        key = (partition_for(item.key, partitions), item.source_id, item.stamp)
         grouped.setdefault(key, []).append(item.message)
     return [
-        Run(p, encode_run(source_id, None, messages), len(messages))
-        for (p, source_id), messages in grouped.items()
+        Run(p, encode_run(source_id, stamp, messages), len(messages))
+        for (p, source_id, stamp), messages in grouped.items()
     ]
 
 
@@ -180,7 +184,7 @@ class StageRunner:
     async def process(self, batches: list[RecordBatch]) -> list[Item]:
         """Run the steps over the records of `batches` (no I/O besides the steps' own)."""
         items = [
-            Item(record.source_id, record.message, record.profile_key or "")
+            Item(record.source_id, record.message, record.profile_key or "", stamp=record.stamp)
             for batch in batches
             for record in batch.records
         ]
@@ -190,7 +194,7 @@ class StageRunner:
 
     async def _run_partition(self, partition: int) -> None:
         spec = self.spec
-        consumer = spec.source.consumer(spec.name, partition)
+        consumer = spec.source.consumer(spec.name, partition, stamped=spec.stamped)
         backoff = 0.1
         while True:
             try:

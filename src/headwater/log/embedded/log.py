@@ -58,8 +58,8 @@ class EmbeddedLog:
     async def start_offsets(self) -> list[int]:
         return self._reader.start_offsets()
 
-    def consumer(self, group: str, partition: int) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self._reader, group, partition)
+    def consumer(self, group: str, partition: int, stamped: bool = True) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self._reader, group, partition, stamped)
 
     async def committed(self, group: str) -> dict[int, int]:
         return self._reader.committed(group)
@@ -90,8 +90,11 @@ class EmbeddedConsumer:
 
     POLL_S = 0.01
 
-    def __init__(self, reader: EmbeddedLogReader, group: str, partition: int) -> None:
+    def __init__(
+        self, reader: EmbeddedLogReader, group: str, partition: int, stamped: bool = True
+    ) -> None:
         self._reader = reader
+        self._stamped = stamped
         self.group = group
         self.partition = partition
         self._next = 0
@@ -119,7 +122,11 @@ class EmbeddedConsumer:
         deadline = loop.time() + timeout
         while True:
             batches = self._reader.read(
-                self.partition, self._next, max_records=MAX_RECORDS, max_batches=max_batches
+                self.partition,
+                self._next,
+                max_records=MAX_RECORDS,
+                max_batches=max_batches,
+                stamped=self._stamped,
             )
             if batches:
                 self._next = batches[-1].end_offset

@@ -35,7 +35,12 @@ class EmbeddedLogReader:
         return self._partitions
 
     def read(
-        self, partition: int, offset: int, max_records: int = 10_000, max_batches: int = 1000
+        self,
+        partition: int,
+        offset: int,
+        max_records: int = 10_000,
+        max_batches: int = 1000,
+        stamped: bool = True,
     ) -> list[RecordBatch]:
         rows = self._conn.execute(
             "SELECT end_offset, count, segment, position, length FROM batches "
@@ -50,7 +55,7 @@ class EmbeddedLogReader:
                 break
             base = end_offset - count
             try:
-                records = decode_batch(payload)
+                records = decode_batch(payload, stamped)
             except msgspec.DecodeError:
                 self.corrupt_batches += 1
                 log.error(

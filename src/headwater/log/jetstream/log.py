@@ -139,8 +139,8 @@ class JetStreamLog:
             for p in range(self.partitions)
         ]
 
-    def consumer(self, group: str, partition: int) -> JetStreamConsumer:
-        return JetStreamConsumer(self, group, partition)
+    def consumer(self, group: str, partition: int, stamped: bool = True) -> JetStreamConsumer:
+        return JetStreamConsumer(self, group, partition, stamped)
 
     async def committed(self, group: str) -> dict[int, int]:
         result: dict[int, int] = {}
@@ -182,9 +182,9 @@ def _floor(info: js_api.ConsumerInfo) -> int:
     return max(acked, start)
 
 
-def _batch(partition: int, seq: int, data: bytes) -> RecordBatch:
+def _batch(partition: int, seq: int, data: bytes, stamped: bool = True) -> RecordBatch:
     try:
-        records = decode_batch(data)
+        records = decode_batch(data, stamped)
     except msgspec.DecodeError:
         log.error("unreadable batch in partition %d at offset %d; skipped", partition, seq)
         records = []
@@ -194,8 +194,9 @@ def _batch(partition: int, seq: int, data: bytes) -> RecordBatch:
 class JetStreamConsumer:
     """A group's durable pull consumer on one partition's stream."""
 
-    def __init__(self, log: JetStreamLog, group: str, partition: int) -> None:
+    def __init__(self, log: JetStreamLog, group: str, partition: int, stamped: bool = True) -> None:
         self._log = log
+        self._stamped = stamped
         self.group = group
         self.partition = partition
         self._stream = log.names.stream(log.name, partition)
@@ -250,7 +251,7 @@ class JetStreamConsumer:
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             self._delivered[seq] = msg
-            batches.append(_batch(self.partition, seq, msg.data))
+            batches.append(_batch(self.partition, seq, msg.data, self._stamped))
         return batches
 
     async def commit(self, offset: int) -> None:
