@@ -163,7 +163,7 @@ def stored_messages(n: int, salt: int = 0) -> Iterator[bytes]:
 
 def sample_message() -> dict[str, Any]:
     """One message as a reader of `ingest` sees it (stamped), decoded (for the report)."""
-    _templates_, stamp = _templates()
+    _unused, stamp = _templates()
     raw = next(stored_messages(1))
     return dict(json.loads(records_of_run(SOURCE_ID, stamp, b"[" + raw + b"]")[0].message))
 
@@ -172,7 +172,7 @@ def payload_batches(n: int, partitions: int, batch_events: int) -> list[list[Run
     """`n` messages as append groups: one run of `batch_events` messages per partition each
     (round-robin over the partitions, as evenly as the gateway's hashing spreads them)."""
     messages = stored_messages(n, salt=int(time.time()))
-    _templates_, stamp = _templates()
+    _unused, stamp = _templates()
     groups: list[list[Run]] = []
     left = n
     while left > 0:
@@ -268,15 +268,18 @@ def processed_counts(metrics_dir: Path, stage: str) -> dict[str, int]:
 
 
 def in_process_rate(groups: list[list[Run]], partitions: int) -> tuple[int, float]:
-    """The processor's work on every stored batch without log I/O: decode the batch (the
-    reader), key each item (`ProfileKey`), re-encode the output runs (`outputs_of`).
+    """The processor's work on every stored batch without log I/O: decode the batch as stored
+    (the reader), key each item (`ProfileKey`), re-encode the output runs (`outputs_of`).
     Returns (events, seconds)."""
     payloads = [join_runs([bytes(run.payload)]) for runs in groups for run in runs]
     step = ProfileKey()
     events = 0
     started = time.perf_counter()
     for payload in payloads:
-        items = [Item(r.source_id, r.message, r.profile_key or "") for r in decode_batch(payload)]
+        items = [
+            Item(r.source_id, r.message, r.profile_key or "", stamp=r.stamp)
+            for r in decode_batch(payload, stamped=False)
+        ]
         step(items)
         runs = outputs_of(items, partitions)
         events += sum(run.count for run in runs)
