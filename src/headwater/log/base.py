@@ -7,6 +7,7 @@ acknowledges anything.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -50,6 +51,38 @@ class LogAppender(Protocol):
     def close(self) -> None:
         """Stop accepting appends and release resources."""
         ...
+
+
+Done = Callable[[LogError | None], None]
+"""What a writer's `submit` calls once: None when the runs are durable, else the error."""
+
+
+async def submitted(
+    submit: Callable[[list[Run], int, Done], None], runs: list[Run], nbytes: int
+) -> None:
+    """`submit(runs, nbytes, done)` as a coroutine: returns once durable, raises `LogError`."""
+    import asyncio
+
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(error: LogError | None) -> None:
+        if fut.done():
+            return
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
+    submit(runs, nbytes, done)
+    await fut
+
+
+def call_done(done: Done, error: LogError | None) -> None:
+    """Call a completion callback; a caller's bug must not stop the others' acknowledgements."""
+    try:
+        done(error)
+    except Exception:
+        logging.getLogger(__name__).exception("a log completion callback failed")
 
 
 class LogReader(Protocol):

@@ -1,4 +1,4 @@
-"""Supervising a role run as a child process of `headwater up` (the processor)."""
+"""Supervising a role run as a child process of `headwater up` (the log server, the processor)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ class ChildProcess:
     """Runs `python -m headwater <args> --parent <our pid>` and restarts it if it dies.
 
     The child runs in its own session (terminal signals come to us; we stop it when we are
-    done) and stops by itself if we disappear (`--parent`).
+    done) and stops by itself if we disappear (`--parent`). Subclasses may run another command
+    (`command`) and wait until the child is ready after every start (`started`).
     """
 
     def __init__(self, name: str, args: list[str], restart_delay: float = 1.0) -> None:
@@ -31,8 +32,17 @@ class ChildProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
+    def command(self) -> list[str]:
+        """The child's command line."""
+        return [sys.executable, "-m", "headwater", *self.args, "--parent", str(os.getpid())]
+
+    def started(self) -> None:
+        """Called after each start; raise to say the child did not come up."""
+
     def start(self) -> None:
+        """Start the child (and wait until `started` returns), then watch over it."""
         self._spawn()
+        self.started()
         self._watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
         self._watcher.start()
 
@@ -48,11 +58,12 @@ class ChildProcess:
                 proc.kill()
                 proc.wait()
 
+    def exit_code(self) -> int | None:
+        """The child's exit code, or None while it runs."""
+        return None if self._proc is None else self._proc.poll()
+
     def _spawn(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "headwater", *self.args, "--parent", str(os.getpid())],
-            start_new_session=True,
-        )
+        self._proc = subprocess.Popen(self.command(), start_new_session=True)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
@@ -63,5 +74,10 @@ class ChildProcess:
                 return
             log.error("the %s exited with code %s; restarting it", self.name, code)
             time.sleep(self.restart_delay)
-            if not self._stopping.is_set():
+            if self._stopping.is_set():
+                return
+            try:
                 self._spawn()
+                self.started()
+            except Exception:
+                log.exception("restarting the %s failed", self.name)

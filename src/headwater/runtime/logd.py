@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from headwater.config import Config, parse_duration, parse_size
 from headwater.log.embedded.protocol import socket_path
 from headwater.log.embedded.server import ServerSettings
 from headwater.paths import DataPaths
+from headwater.runtime.children import ChildProcess
 
 log = logging.getLogger(__name__)
 
@@ -40,53 +39,32 @@ class LogServerError(Exception):
     """The log server could not be started."""
 
 
-class LogServerProcess:
+class LogServerProcess(ChildProcess):
     """Runs the log server in a child process and restarts it if it dies."""
 
     def __init__(self, settings: ServerSettings) -> None:
+        super().__init__("log server", [], restart_delay=0.5)
         self.settings = settings
         self.path = socket_path(Path(settings.root))
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._watcher: threading.Thread | None = None
 
-    def start(self, timeout: float = 15.0) -> None:
-        """Start the server and wait until it accepts connections."""
-        self._spawn()
-        self._wait_ready(timeout)
-        self._watcher = threading.Thread(target=self._watch, name="logd-watch", daemon=True)
-        self._watcher.start()
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "headwater.log.embedded",
+            msgspec.json.encode(self.settings).decode(),
+            "--parent",
+            str(os.getpid()),
+        ]
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Let the server finish its pending commits and exit."""
-        self._stopping.set()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def _spawn(self) -> None:
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "headwater.log.embedded",
-                msgspec.json.encode(self.settings).decode(),
-                "--parent",
-                str(os.getpid()),
-            ],
-            start_new_session=True,  # terminal signals go to us; we stop it when we are done
-        )
+    def started(self) -> None:
+        """Wait until the server accepts connections."""
+        self._wait_ready(15.0)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self._proc is not None
-            code = self._proc.poll()
+            code = self.exit_code()
             if code is not None:
                 raise LogServerError(
                     f"the log server exited with code {code} (is another `headwater up` "
@@ -99,18 +77,3 @@ class LogServerProcess:
                 except OSError:
                     time.sleep(0.05)
         raise LogServerError(f"the log server did not start within {timeout:.0f}s")
-
-    def _watch(self) -> None:
-        while not self._stopping.is_set():
-            proc = self._proc
-            assert proc is not None
-            code = proc.wait()
-            if self._stopping.is_set():
-                return
-            log.error("the log server exited with code %s; restarting it", code)
-            time.sleep(0.5)
-            try:
-                self._spawn()
-                self._wait_ready(15.0)
-            except LogServerError:
-                log.exception("restarting the log server failed")

@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 import msgspec
 
-from headwater.log.base import LogBackpressure, LogError, LogUnavailable
+from headwater.log.base import (
+    Done,
+    LogBackpressure,
+    LogError,
+    LogUnavailable,
+    call_done,
+    submitted,
+)
 from headwater.log.embedded.protocol import (
     FrameReader,
     Request,
@@ -21,9 +27,6 @@ from headwater.log.records import Run
 log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 64 * 1024
-
-Done = Callable[[LogError | None], None]
-"""Called once per `submit`: with None when the runs are durable, else with the error."""
 
 
 class LogClient(asyncio.Protocol):
@@ -135,18 +138,7 @@ class LogClient(asyncio.Protocol):
 
     async def append(self, runs: list[Run], nbytes: int) -> None:
         """`submit` as a coroutine: returns once durable, raises `LogError` if not."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def done(error: LogError | None) -> None:
-            if fut.done():
-                return
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
-
-        self.submit(runs, nbytes, done)
-        await fut
+        await submitted(self.submit, runs, nbytes)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -182,25 +174,18 @@ class LogClient(asyncio.Protocol):
             entry = waiters.pop(request_id, None)
             if entry is not None:
                 self._inflight -= entry[1]
-                _call(entry[0], None)
+                call_done(entry[0], None)
         for request_id, status, code, message, retry_after in failed:
             entry = waiters.pop(request_id, None)
             if entry is not None:
                 self._inflight -= entry[1]
-                _call(entry[0], _error(status, code, message, retry_after))
+                call_done(entry[0], _error(status, code, message, retry_after))
 
     def _fail_all(self, error: LogError) -> None:
         waiters, self._waiters = self._waiters, {}
         self._inflight = 0
         for done, _n, _sent in waiters.values():
-            _call(done, error)
-
-
-def _call(done: Done, error: LogError | None) -> None:
-    try:
-        done(error)
-    except Exception:  # a caller's bug must not stop the acknowledgements of the others
-        log.exception("a log completion callback failed")
+            call_done(done, error)
 
 
 def _error(status: int, code: str, message: str, retry_after: int) -> LogError:

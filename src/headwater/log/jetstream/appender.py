@@ -12,20 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from headwater.log.base import LogBackpressure, LogError, LogUnavailable
+from headwater.log.base import (
+    Done,
+    LogBackpressure,
+    LogError,
+    LogUnavailable,
+    call_done,
+    submitted,
+)
 from headwater.log.jetstream.log import PAYLOAD_HEADROOM, publish, split_payloads
 from headwater.log.jetstream.streams import JetStreamSettings, Names, connect, ensure_log
 from headwater.log.records import Run
 
 log = logging.getLogger(__name__)
-
-Done = Callable[[LogError | None], None]
 
 
 class JetStreamAppender:
@@ -87,7 +91,7 @@ class JetStreamAppender:
             task.cancel()
         out, self._out = self._out, []
         for _runs, _n, done in out:
-            _call(done, LogUnavailable("the gateway is shutting down"))
+            call_done(done, LogUnavailable("the gateway is shutting down"))
         if self.nc is not None and self._loop is not None and not self._loop.is_closed():
             nc = self.nc
             self.nc = None
@@ -109,17 +113,8 @@ class JetStreamAppender:
             loop.call_soon(self._flush)
 
     async def append(self, runs: list[Run], nbytes: int) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def done(error: LogError | None) -> None:
-            if not fut.done():
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
-
-        self.submit(runs, nbytes, done)
-        await fut
+        """`submit` as a coroutine: returns once durable, raises `LogError` if not."""
+        await submitted(self.submit, runs, nbytes)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -158,11 +153,4 @@ class JetStreamAppender:
         finally:
             for _runs, nbytes, done in out:
                 self._inflight -= nbytes
-                _call(done, error)
-
-
-def _call(done: Done, error: LogError | None) -> None:
-    try:
-        done(error)
-    except Exception:  # a caller's bug must not stop the acknowledgements of the others
-        log.exception("a log completion callback failed")
+                call_done(done, error)
