@@ -84,6 +84,22 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retention: RetentionConfig = RetentionConfig()
 
 
+class DedupeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Exact deduplication by `messageId` in the processor."""
+
+    enabled: bool = True
+    window: int | float | str = "7d"
+
+
+class StateConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where processing steps keep their state: SQLite files under `--data`, or Redis (shared by
+    every processor, so a partition that moves keeps its state)."""
+
+    backend: Literal["embedded", "redis"] = "embedded"
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "headwater"
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The Tracking API."""
 
@@ -98,6 +114,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     data: str | None = None
     log: LogConfig = LogConfig()
     gateway: GatewayConfig = GatewayConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+    state: StateConfig = StateConfig()
     workspaces: list[WorkspaceConfig] = []
 
 
@@ -135,7 +153,12 @@ def _check(config: Config) -> None:
         log.retention.max_bytes,
     ):
         parse_size(size)
-    for duration in (log.fsync_interval, log.retention.max_age, log.duplicate_window):
+    for duration in (
+        log.fsync_interval,
+        log.retention.max_age,
+        log.duplicate_window,
+        config.dedupe.window,
+    ):
         parse_duration(duration)
     if not 1 <= log.replicas <= 5:
         raise ValueError("log.replicas must be between 1 and 5")

@@ -23,6 +23,8 @@ from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.retention import enforce_retention
 from headwater.log.factory import append_settings
 from headwater.paths import DataPaths
+from headwater.processing.dedupe import Dedupe, DedupeStore, open_dedupe_store
+from headwater.processing.dedupe.step import now_ms
 from headwater.processing.runtime import (
     StageMetrics,
     StageRunner,
@@ -39,11 +41,13 @@ STAGE = "processor"
 # run's stamp for the readers of `events` to apply (decode only what you route on).
 PASS_THROUGH_STAMPED = False
 RETENTION_EVERY_S = 30.0
+EXPIRE_EVERY_S = 60.0
 
 
-def processor_steps(config: Config) -> list[Step]:
-    """The processor's steps, in order (later issues add dedupe, plans, identity)."""
-    return [ProfileKey()]
+def processor_steps(dedupe: DedupeStore | None) -> list[Step]:
+    """The processor's steps, in order (later issues add tracking plans and identity)."""
+    steps: list[Step] = [] if dedupe is None else [Dedupe(dedupe)]
+    return [*steps, ProfileKey()]
 
 
 def member_id() -> str:
@@ -62,22 +66,40 @@ async def run_processor(
 ) -> None:
     """Run the processor until `stop` is set."""
     metrics = metrics or StageMetrics(STAGE)
-    flusher = asyncio.get_running_loop().create_task(
-        flush_metrics_forever(metrics, paths.metrics_dir)
-    )
+    loop = asyncio.get_running_loop()
+    flusher = loop.create_task(flush_metrics_forever(metrics, paths.metrics_dir))
+    dedupe = open_dedupe_store(config, paths)
+    expiry = None if dedupe is None else loop.create_task(_expire_forever(dedupe))
     try:
         if config.log.backend == "jetstream":
-            await _run_jetstream(config, stop, member or member_id(), metrics)
+            await _run_jetstream(config, stop, member or member_id(), metrics, dedupe)
         else:
-            await _run_embedded(config, paths, stop, metrics)
+            await _run_embedded(config, paths, stop, metrics, dedupe)
     finally:
         flusher.cancel()
+        if expiry is not None:
+            expiry.cancel()
+        if dedupe is not None:
+            dedupe.close()
         with contextlib.suppress(OSError):
             metrics.flush(paths.metrics_dir)
 
 
+async def _expire_forever(store: DedupeStore) -> None:
+    while True:
+        await asyncio.sleep(EXPIRE_EVERY_S)
+        try:
+            store.expire(now_ms())
+        except Exception:
+            log.exception("expiring dedupe claims failed")
+
+
 async def _run_embedded(
-    config: Config, paths: DataPaths, stop: asyncio.Event, metrics: StageMetrics
+    config: Config,
+    paths: DataPaths,
+    stop: asyncio.Event,
+    metrics: StageMetrics,
+    dedupe: DedupeStore | None,
 ) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(paths.root / "processor.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -98,7 +120,7 @@ async def _run_embedded(
         runner = StageRunner(
             StageSpec(
                 STAGE,
-                processor_steps(config),
+                processor_steps(dedupe),
                 ingest,
                 events,
                 merge_units=True,
@@ -136,7 +158,11 @@ async def _retention_forever(config: Config, root: Path) -> None:
 
 
 async def _run_jetstream(
-    config: Config, stop: asyncio.Event, member: str, metrics: StageMetrics
+    config: Config,
+    stop: asyncio.Event,
+    member: str,
+    metrics: StageMetrics,
+    dedupe: DedupeStore | None,
 ) -> None:
     from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, connect, ensure_log
     from headwater.log.jetstream.leases import LeaseManager, lease_bucket
@@ -162,7 +188,7 @@ async def _run_jetstream(
         kv = await lease_bucket(js, bucket, settings.lease_ttl_s, settings.replicas)
         spec = StageSpec(
             STAGE,
-            processor_steps(config),
+            processor_steps(dedupe),
             ingest,
             events,
             merge_units=False,

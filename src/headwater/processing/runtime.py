@@ -53,6 +53,7 @@ class Item(msgspec.Struct, gc=False):
     outcome: str = ""  # empty while the item is still on its way to the output
     reason: str = ""
     stamp: bytes | None = None  # the request's stamp, for messages read as stored
+    position: str = ""  # where it sits in the input log: "<partition>:<batch end>:<index>"
 
     def stop(self, outcome: str, reason: str) -> None:
         """End this item here: it is counted under `outcome`/`reason`, not written."""
@@ -184,9 +185,15 @@ class StageRunner:
     async def process(self, batches: list[RecordBatch]) -> list[Item]:
         """Run the steps over the records of `batches` (no I/O besides the steps' own)."""
         items = [
-            Item(record.source_id, record.message, record.profile_key or "", stamp=record.stamp)
+            Item(
+                record.source_id,
+                record.message,
+                record.profile_key or "",
+                stamp=record.stamp,
+                position=f"{batch.partition}:{batch.end_offset}:{i}",
+            )
             for batch in batches
-            for record in batch.records
+            for i, record in enumerate(batch.records)
         ]
         for step in self.spec.steps:
             step(items)

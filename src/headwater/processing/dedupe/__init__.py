@@ -1,0 +1,6 @@
+"""Exact deduplication by `messageId` within a window, on SQLite (embedded) or Redis."""
+
+from headwater.processing.dedupe.step import DUPLICATE, Dedupe
+from headwater.processing.dedupe.store import DedupeStore, SqliteDedupeStore, open_dedupe_store
+
+__all__ = ["DUPLICATE", "Dedupe", "DedupeStore", "SqliteDedupeStore", "open_dedupe_store"]
