@@ -58,29 +58,47 @@ class SqliteDedupeStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for start in range(0, len(claims), CHUNK):
-                chunk = claims[start : start + CHUNK]
-                ids = list({mid for mid, _pos in chunk})
-                marks = ",".join("?" * len(ids))
-                known = dict(
-                    conn.execute(
-                        f"SELECT id, position FROM claims WHERE id IN ({marks}) AND ms >= ?",  # noqa: S608 - placeholders only
-                        (*ids, oldest),
-                    ).fetchall()
-                )
-                new: list[tuple[str, str, int]] = []
-                for mid, position in chunk:
-                    owner = known.get(mid)
-                    if owner is None:
-                        known[mid] = position
-                        new.append((mid, position, now_ms))
-                        result.append(False)
-                    else:
-                        result.append(owner != position)
-                conn.executemany("INSERT OR REPLACE INTO claims VALUES(?,?,?)", new)
+                result += self._claim_chunk(claims[start : start + CHUNK], now_ms, oldest)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return result
+
+    def _claim_chunk(self, chunk: list[tuple[str, str]], now_ms: int, oldest: int) -> list[bool]:
+        # One statement claims every new id (the common case); only the ids it could not insert
+        # (claimed before, or twice in this chunk) are looked at again.
+        conn = self._conn
+        values = ",".join("(?,?,?)" for _ in chunk)
+        params = [v for mid, position in chunk for v in (mid, position, now_ms)]
+        inserted = {
+            row[0]
+            for row in conn.execute(
+                f"INSERT INTO claims VALUES {values} ON CONFLICT(id) DO NOTHING RETURNING id",  # noqa: S608 - placeholders only
+                params,
+            )
+        }
+        if len(inserted) == len(chunk):
+            return [False] * len(chunk)
+        owners = {mid: (pos, now_ms) for mid, pos in chunk if mid in inserted}
+        rest = list({mid for mid, _pos in chunk if mid not in inserted})
+        marks = ",".join("?" * len(rest))
+        for mid, position, ms in conn.execute(
+            f"SELECT id, position, ms FROM claims WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+            rest,
+        ):
+            owners.setdefault(mid, (position, ms))
+        result: list[bool] = []
+        renew: list[tuple[str, str, int]] = []
+        for mid, position in chunk:
+            owner, ms = owners[mid]
+            if ms < oldest:  # remembered, but from before the window: claim it anew
+                owners[mid] = (position, now_ms)
+                renew.append((mid, position, now_ms))
+                result.append(False)
+            else:
+                result.append(owner != position)
+        conn.executemany("INSERT OR REPLACE INTO claims VALUES(?,?,?)", renew)
         return result
 
     def expire(self, now_ms: int) -> int:
