@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATA ?= .headwater
 CONFIG ?= examples/headwater.yaml
 
-.PHONY: run test lint types unit bench bench-pipeline bench-setup clean
+.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-pipeline: $(VENV)/.dev
 	scripts/bench-setup.sh
 	scripts/ensure-services.sh
 	$(BIN)/python bench/pipeline.py
+
+## bench-dedupe: dedupe memory per remembered messageId (10 million ids) and claims/s (Redis)
+bench-dedupe: $(VENV)/.dev
+	scripts/ensure-services.sh
+	$(BIN)/python bench/dedupe.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-events", type=int, default=300, help="events per preloaded record batch"
     )
     p.add_argument("--nats", default=NATS_URL, help="NATS server with JetStream")
+    p.add_argument(
+        "--dedupe", action="store_true", help="the processor deduplicates (default: pass-through)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline-latest.json")
     p.add_argument("--strict", action="store_true", help="exit 1 when a bar fails")
     args = p.parse_args(argv)
@@ -262,11 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             body = write_bodies(workdir)["batch100"]
             batch = next(s for s in scenarios() if s.name == "batch100")
             embedded = workdir / "embedded.yaml"
-            embedded.write_text(config_text(WRITE_KEY, PARTITIONS))
+            embedded.write_text(config_text(WRITE_KEY, PARTITIONS, dedupe=args.dedupe))
 
             def jetstream_config(name: str) -> Path:
                 path = workdir / f"{name}.yaml"
-                text = config_text(WRITE_KEY, PARTITIONS, prefix=ns.prefix(name), url=args.nats)
+                text = config_text(
+                    WRITE_KEY, PARTITIONS, prefix=ns.prefix(name), url=args.nats, dedupe=args.dedupe
+                )
                 path.write_text(text)
                 return path
 

@@ -51,9 +51,15 @@ JETSTREAM_LOG_BYTES = "4GB"
 
 
 def config_text(
-    write_key: str, partitions: int, *, prefix: str | None = None, url: str = ""
+    write_key: str,
+    partitions: int,
+    *,
+    prefix: str | None = None,
+    url: str = "",
+    dedupe: bool = False,
 ) -> str:
-    """A headwater.yaml: one source with `write_key`; embedded log, or JetStream under `prefix`."""
+    """A headwater.yaml: one source with `write_key`; embedded log, or JetStream under `prefix`;
+    the processor deduplicates only with `dedupe` (off: the pass-through the bar is about)."""
     if prefix is None:
         log = f"log: {{partitions: {partitions}}}\n"
     else:
@@ -62,7 +68,8 @@ def config_text(
             f"prefix: {prefix}, retention: {{max_bytes: {JETSTREAM_LOG_BYTES}}}}}\n"
         )
     return (
-        log + "workspaces:\n"
+        log + f"dedupe: {{enabled: {str(dedupe).lower()}}}\n"
+        "workspaces:\n"
         "  - name: bench\n"
         "    sources:\n"
         "      - name: bench\n"
