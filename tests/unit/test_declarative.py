@@ -59,6 +59,28 @@ def test_declared_workspaces_and_sources_are_created(store: ControlStore) -> Non
     assert grants["k3"].source_name == "app"
 
 
+def test_every_data_directory_gives_a_declared_source_the_same_id(tmp_path: Path) -> None:
+    """Gateways of one fleet each keep a control plane of their own: the messages they store
+    must name the same source with the same id, or per-source views split in two."""
+    declared = config(
+        {"name": "acme", "sources": [{"name": "web", "write_keys": ["k1"]}, {"name": "ios"}]},
+        {"name": "beta", "sources": [{"name": "web", "write_keys": ["k2"]}]},
+    )
+    ids = []
+    for gateway in ("a", "b"):
+        (tmp_path / gateway).mkdir()
+        s = ControlStore(tmp_path / gateway / "control.db")
+        try:
+            applied = apply_config(s, declared)
+            ids.append({src.ref: src.id for src in applied.sources})
+            ids.append({w.name: w.id for w in s.list_workspaces()})
+        finally:
+            s.close()
+    assert ids[0] == ids[2] and ids[1] == ids[3]
+    assert len(set(ids[0].values())) == 3  # distinct sources keep distinct ids
+    assert ids[0]["acme/web"] != ids[0]["beta/web"]
+
+
 def test_an_empty_config_changes_nothing(store: ControlStore) -> None:
     version = store.version()
     assert apply_config(store, Config()).sources == []

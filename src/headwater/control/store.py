@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workspaces(
@@ -102,8 +104,10 @@ class KeyGrant:
     expires_ms: int | None
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
+def stable_id(prefix: str, *names: str) -> str:
+    """The id of a named object, the same in every data directory: gateways of one fleet, each
+    with its own control plane, stamp the same source with the same id."""
+    return f"{prefix}_{xxhash.xxh3_64_hexdigest(chr(0).join(names).encode())}"
 
 
 def new_write_key() -> str:
@@ -158,7 +162,7 @@ class ControlStore:
                 raise ControlError(
                     f"workspace {name!r} already exists", status=409, code="conflict"
                 )
-            ws = Workspace(new_id("ws"), name, now_ms())
+            ws = Workspace(stable_id("ws", name), name, now_ms())
             self._conn.execute(
                 "INSERT INTO workspaces VALUES(?,?,?,?)",
                 (ws.id, ws.name, ws.created_ms, managed_by),
@@ -208,7 +212,7 @@ class ControlStore:
                 raise ControlError(
                     f"source {ws.name}/{name} already exists", status=409, code="conflict"
                 )
-            sid = new_id("src")
+            sid = stable_id("src", ws.name, name)
             self._conn.execute(
                 "INSERT INTO sources VALUES(?,?,?,1,?,?)", (sid, ws.id, name, now_ms(), managed_by)
             )
