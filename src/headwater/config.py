@@ -43,19 +43,49 @@ def parse_duration(value: int | float | str) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
 
 
+class Enforcement(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a source does with messages its tracking plan does not expect."""
+
+    unplanned_events: Literal["allow", "block"] = "allow"
+    unplanned_properties: Literal["allow", "omit"] = "allow"
+    violations: Literal["allow", "omit", "block"] = "allow"
+
+
 class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A source declared in the file; its write keys are exactly the ones listed."""
 
     name: str
     write_keys: list[str] = []
     enabled: bool = True
+    tracking_plan: str | None = None
+    enforcement: Enforcement = Enforcement()
+
+
+class PlanRules(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """JSON Schemas of whole messages: one per track event name, one per other call type, and
+    one common to every message."""
+
+    common: dict[str, Any] | None = None
+    track: dict[str, dict[str, Any]] = {}
+    identify: dict[str, Any] | None = None
+    group: dict[str, Any] | None = None
+    page: dict[str, Any] | None = None
+    screen: dict[str, Any] | None = None
+
+
+class TrackingPlanConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A tracking plan (Segment Protocols): rules that sources connected to it enforce."""
+
+    name: str
+    rules: PlanRules = PlanRules()
 
 
 class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A workspace and its sources."""
+    """A workspace, its tracking plans and its sources."""
 
     name: str
     sources: list[SourceConfig] = []
+    tracking_plans: list[TrackingPlanConfig] = []
 
 
 class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -172,8 +202,18 @@ def _check(config: Config) -> None:
         if ws.name in seen_ws:
             raise ValueError(f"workspace {ws.name!r} is declared twice")
         seen_ws.add(ws.name)
+        for plan in ws.tracking_plans:
+            _check_schemas(ws.name, plan)
+        plans = {plan.name for plan in ws.tracking_plans}
+        if len(plans) != len(ws.tracking_plans):
+            raise ValueError(f"a tracking plan is declared twice in workspace {ws.name!r}")
         names: set[str] = set()
         for src in ws.sources:
+            if src.tracking_plan is not None and src.tracking_plan not in plans:
+                raise ValueError(
+                    f"source {src.name!r} names tracking plan {src.tracking_plan!r}, which "
+                    f"workspace {ws.name!r} does not declare"
+                )
             if src.name in names:
                 raise ValueError(f"source {src.name!r} is declared twice in workspace {ws.name!r}")
             names.add(src.name)
@@ -181,3 +221,22 @@ def _check(config: Config) -> None:
                 if key in seen_keys:
                     raise ValueError(f"write key {key!r} is declared for more than one source")
                 seen_keys.add(key)
+
+
+def _check_schemas(workspace: str, plan: TrackingPlanConfig) -> None:
+    """Every rule of a plan must compile as a JSON Schema."""
+    import fastjsonschema
+
+    r = plan.rules
+    named = {f"track {e!r}": schema for e, schema in r.track.items()}
+    for kind in ("common", "identify", "group", "page", "screen"):
+        if getattr(r, kind) is not None:
+            named[kind] = getattr(r, kind)
+    for what, schema in named.items():
+        try:
+            fastjsonschema.compile(schema)
+        except fastjsonschema.JsonSchemaDefinitionException as exc:
+            raise ValueError(
+                f"tracking plan {plan.name!r} of workspace {workspace!r}: the {what} rule is "
+                f"not a valid JSON Schema: {exc}"
+            ) from None

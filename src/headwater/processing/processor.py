@@ -25,6 +25,7 @@ from headwater.log.factory import append_settings
 from headwater.paths import DataPaths
 from headwater.processing.dedupe import Dedupe, DedupeStore, open_dedupe_store
 from headwater.processing.dedupe.step import now_ms
+from headwater.processing.plans import TrackingPlans, plans_by_source
 from headwater.processing.runtime import (
     StageMetrics,
     StageRunner,
@@ -44,10 +45,10 @@ RETENTION_EVERY_S = 30.0
 EXPIRE_EVERY_S = 60.0
 
 
-def processor_steps(dedupe: DedupeStore | None) -> list[Step]:
-    """The processor's steps, in order (later issues add tracking plans and identity)."""
+def processor_steps(config: Config, dedupe: DedupeStore | None) -> list[Step]:
+    """The processor's steps, in order (the identity issue adds identity resolution)."""
     steps: list[Step] = [] if dedupe is None else [Dedupe(dedupe)]
-    return [*steps, ProfileKey()]
+    return [*steps, TrackingPlans(plans_by_source(config)), ProfileKey()]
 
 
 def member_id() -> str:
@@ -120,7 +121,7 @@ async def _run_embedded(
         runner = StageRunner(
             StageSpec(
                 STAGE,
-                processor_steps(dedupe),
+                processor_steps(config, dedupe),
                 ingest,
                 events,
                 merge_units=True,
@@ -188,7 +189,7 @@ async def _run_jetstream(
         kv = await lease_bucket(js, bucket, settings.lease_ttl_s, settings.replicas)
         spec = StageSpec(
             STAGE,
-            processor_steps(dedupe),
+            processor_steps(config, dedupe),
             ingest,
             events,
             merge_units=False,

@@ -1,0 +1,176 @@
+"""Tracking plans (Segment Protocols): rules compiled once, enforced per source.
+
+A plan's rules are JSON Schemas of whole messages (as Segment writes them: a track event's
+properties are under `properties.properties`). The source connected to a plan decides what
+happens to what the plan does not expect (`Enforcement`):
+
+- a track event the plan does not name: `allow` it, or `block` it (outcome `blocked`, reason
+  `unplanned_event`);
+- properties (traits for identify and group) the rule does not declare: `allow` them, or `omit`
+  them from the message;
+- a message that breaks its rules: `allow` it, `omit` the offending fields, or `block` it
+  (outcome `blocked`, reason `violation`).
+
+What was omitted and what was violated is recorded on the message, as Segment does, in
+`context.protocols`: `{"omitted": ["properties.x"], "violations": [{type, field,
+description}]}`. Messages of sources without a plan are not decoded at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastjsonschema
+import msgspec
+
+from headwater.config import Config, Enforcement, TrackingPlanConfig
+from headwater.control.store import stable_id
+from headwater.events.stamp import decode_stamp
+from headwater.processing.runtime import Item
+
+BLOCKED = "blocked"
+UNPLANNED_EVENT = "unplanned_event"
+VIOLATION = "violation"
+MAX_OMISSIONS = 50  # fields omitted one at a time (each re-validation finds the next violation)
+
+Validator = Any  # a compiled fastjsonschema function
+
+
+@dataclass
+class CompiledPlan:
+    """A plan's validators, compiled once, and the properties each rule declares."""
+
+    name: str
+    common: Validator | None
+    rules: dict[str, Validator]  # "track:<event>", "identify", "group", "page", "screen"
+    declared: dict[str, set[str] | None] = field(default_factory=dict)  # None: any
+
+
+def compile_plan(plan: TrackingPlanConfig) -> CompiledPlan:
+    """Compile every schema of `plan` (raises `fastjsonschema.JsonSchemaDefinitionException`)."""
+    r = plan.rules
+    schemas: dict[str, dict[str, Any]] = {f"track:{e}": s for e, s in r.track.items()}
+    for kind in ("identify", "group", "page", "screen"):
+        schema = getattr(r, kind)
+        if schema is not None:
+            schemas[kind] = schema
+    return CompiledPlan(
+        plan.name,
+        fastjsonschema.compile(r.common) if r.common is not None else None,
+        {key: fastjsonschema.compile(s) for key, s in schemas.items()},
+        {key: _declared(key, s) for key, s in schemas.items()},
+    )
+
+
+def _bag(key: str) -> str:
+    """Where a call type carries its free-form fields."""
+    return "traits" if key in ("identify", "group") else "properties"
+
+
+def _declared(key: str, schema: dict[str, Any]) -> set[str] | None:
+    bag = schema.get("properties", {}).get(_bag(key), {})
+    props = bag.get("properties") if isinstance(bag, dict) else None
+    return set(props) if isinstance(props, dict) else None
+
+
+@dataclass
+class SourcePlan:
+    plan: CompiledPlan
+    enforcement: Enforcement
+
+
+def plans_by_source(config: Config) -> dict[str, SourcePlan]:
+    """Every declared source connected to a plan, by source id."""
+    out: dict[str, SourcePlan] = {}
+    for ws in config.workspaces:
+        compiled = {p.name: compile_plan(p) for p in ws.tracking_plans}
+        for src in ws.sources:
+            if src.tracking_plan is not None:
+                sid = stable_id("src", ws.name, src.name)
+                out[sid] = SourcePlan(compiled[src.tracking_plan], src.enforcement)
+    return out
+
+
+class TrackingPlans:
+    """The processor step that enforces each source's tracking plan."""
+
+    name = "tracking_plans"
+
+    def __init__(self, plans: dict[str, SourcePlan]) -> None:
+        self.plans = plans
+
+    def __call__(self, items: list[Item]) -> None:
+        if not self.plans:
+            return
+        for item in items:
+            planned = self.plans.get(item.source_id)
+            if planned is not None and not item.outcome:
+                self._enforce(item, planned)
+
+    def _enforce(self, item: Item, planned: SourcePlan) -> None:
+        try:
+            msg = msgspec.json.decode(item.message)
+        except msgspec.DecodeError:
+            return  # not readable: the steps after this one give it its outcome
+        if not isinstance(msg, dict):
+            return
+        kind = msg.get("type")
+        if kind is None and item.stamp is not None:
+            kind = decode_stamp(item.stamp).path_type  # a single-message path implies it
+        plan, mode = planned.plan, planned.enforcement
+        key = f"track:{msg.get('event')}" if kind == "track" else str(kind)
+        rule = plan.rules.get(key)
+        if rule is None and kind == "track" and mode.unplanned_events == "block":
+            item.stop(BLOCKED, UNPLANNED_EVENT)
+            return
+        omitted: list[str] = []
+        bag_name = _bag(key)
+        declared = plan.declared.get(key)
+        bag = msg.get(bag_name)
+        if mode.unplanned_properties == "omit" and declared is not None and isinstance(bag, dict):
+            for name in [n for n in bag if n not in declared]:
+                del bag[name]
+                omitted.append(f"{bag_name}.{name}")
+        violations: list[dict[str, str]] = []
+        for validator in (plan.common, rule):
+            if validator is None:
+                continue
+            for _ in range(MAX_OMISSIONS):
+                try:
+                    validator(msg)
+                    break
+                except fastjsonschema.JsonSchemaValueException as exc:
+                    path = [str(p) for p in (exc.path or [])[1:]]
+                    violations.append(
+                        {
+                            "type": str(exc.rule or "invalid"),
+                            "field": ".".join(path),
+                            "description": exc.message,
+                        }
+                    )
+                    if mode.violations == "block":
+                        item.stop(BLOCKED, VIOLATION)
+                        return
+                    if mode.violations != "omit" or exc.rule == "required":
+                        break  # a missing field cannot be omitted (nor its parent instead)
+                    if not _omit(msg, path):
+                        break
+                    omitted.append(".".join(path))
+        if omitted or violations:
+            context = msg.get("context")
+            if not isinstance(context, dict):
+                context = msg["context"] = {}
+            context["protocols"] = {"omitted": omitted, "violations": violations}
+            item.message = msgspec.json.encode(msg)
+
+
+def _omit(msg: dict[str, Any], path: list[str]) -> bool:
+    """Remove the field at `path`; False if there is none to remove (e.g. a missing one)."""
+    node: Any = msg
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not path or not isinstance(node, dict) or path[-1] not in node:
+        return False
+    del node[path[-1]]
+    return True
