@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--dedupe", action="store_true", help="the processor deduplicates (default: pass-through)"
     )
+    p.add_argument(
+        "--plan", action="store_true", help="the source enforces a 20-rule tracking plan"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "pipeline-latest.json")
     p.add_argument("--strict", action="store_true", help="exit 1 when a bar fails")
     args = p.parse_args(argv)
@@ -265,12 +268,19 @@ def main(argv: list[str] | None = None) -> int:
             body = write_bodies(workdir)["batch100"]
             batch = next(s for s in scenarios() if s.name == "batch100")
             embedded = workdir / "embedded.yaml"
-            embedded.write_text(config_text(WRITE_KEY, PARTITIONS, dedupe=args.dedupe))
+            embedded.write_text(
+                config_text(WRITE_KEY, PARTITIONS, dedupe=args.dedupe, plan=args.plan)
+            )
 
             def jetstream_config(name: str) -> Path:
                 path = workdir / f"{name}.yaml"
                 text = config_text(
-                    WRITE_KEY, PARTITIONS, prefix=ns.prefix(name), url=args.nats, dedupe=args.dedupe
+                    WRITE_KEY,
+                    PARTITIONS,
+                    prefix=ns.prefix(name),
+                    url=args.nats,
+                    dedupe=args.dedupe,
+                    plan=args.plan,
                 )
                 path.write_text(text)
                 return path

@@ -57,9 +57,11 @@ def config_text(
     prefix: str | None = None,
     url: str = "",
     dedupe: bool = False,
+    plan: bool = False,
 ) -> str:
     """A headwater.yaml: one source with `write_key`; embedded log, or JetStream under `prefix`;
-    the processor deduplicates only with `dedupe` (off: the pass-through the bar is about)."""
+    the processor deduplicates only with `dedupe` (off: the pass-through the bar is about) and
+    enforces a 20-rule tracking plan only with `plan`."""
     if prefix is None:
         log = f"log: {{partitions: {partitions}}}\n"
     else:
@@ -67,7 +69,7 @@ def config_text(
             f"log: {{backend: jetstream, url: '{url}', partitions: {partitions}, replicas: 1, "
             f"prefix: {prefix}, retention: {{max_bytes: {JETSTREAM_LOG_BYTES}}}}}\n"
         )
-    return (
+    text = (
         log + f"dedupe: {{enabled: {str(dedupe).lower()}}}\n"
         "workspaces:\n"
         "  - name: bench\n"
@@ -75,6 +77,44 @@ def config_text(
         "      - name: bench\n"
         f"        write_keys: [{write_key}]\n"
     )
+    if plan:
+        text += (
+            "        tracking_plan: bench\n"
+            "        enforcement: {unplanned_events: allow, unplanned_properties: omit, "
+            "violations: omit}\n"
+            f"    tracking_plans:\n      - name: bench\n        rules: {json.dumps(PLAN_RULES)}\n"
+        )
+    return text
+
+
+# Twenty track rules: the four events the benchmark sends (revenue and currency typed, revenue
+# required) and sixteen it does not, plus a common rule.
+_ORDER_RULE = {
+    "properties": {
+        "properties": {
+            "type": "object",
+            "properties": {
+                "revenue": {"type": "number", "minimum": 0},
+                "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
+            },
+            "required": ["revenue"],
+        }
+    }
+}
+_OTHER_RULE = {"properties": {"properties": {"type": "object"}}}
+PLAN_RULES: dict[str, Any] = {
+    "common": {"properties": {"userId": {"type": ["string", "null"]}}},
+    "track": {
+        **{
+            e: _ORDER_RULE
+            for e in ("Checkout Started", "Order Completed", "Product Added", "Product Viewed")
+        },
+        **{
+            f"Other Event {i}": {"properties": {"properties": {"type": "object"}}}
+            for i in range(16)
+        },
+    },
+}
 
 
 # --- the JetStream namespace --------------------------------------------------------------------

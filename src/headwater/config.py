@@ -49,6 +49,10 @@ class Enforcement(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     unplanned_events: Literal["allow", "block"] = "allow"
     unplanned_properties: Literal["allow", "omit"] = "allow"
     violations: Literal["allow", "omit", "block"] = "allow"
+    # another source of the workspace that receives blocked messages as they arrived, and one
+    # that receives a `Violation Generated` track event per violation
+    forward_blocked_to: str | None = None
+    forward_violations_to: str | None = None
 
 
 class SourceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -130,6 +134,13 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     prefix: str = "headwater"
 
 
+class AccountingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How long the delivery overview keeps its counts: per minute, then per hour."""
+
+    minute_retention: int | float | str = "48h"
+    retention: int | float | str = "90d"
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The Tracking API."""
 
@@ -146,6 +157,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gateway: GatewayConfig = GatewayConfig()
     dedupe: DedupeConfig = DedupeConfig()
     state: StateConfig = StateConfig()
+    accounting: AccountingConfig = AccountingConfig()
     workspaces: list[WorkspaceConfig] = []
 
 
@@ -188,6 +200,8 @@ def _check(config: Config) -> None:
         log.retention.max_age,
         log.duplicate_window,
         config.dedupe.window,
+        config.accounting.minute_retention,
+        config.accounting.retention,
     ):
         parse_duration(duration)
     if not 1 <= log.replicas <= 5:
@@ -203,12 +217,19 @@ def _check(config: Config) -> None:
             raise ValueError(f"workspace {ws.name!r} is declared twice")
         seen_ws.add(ws.name)
         for plan in ws.tracking_plans:
-            _check_schemas(ws.name, plan)
+            check_plan(ws.name, plan)
         plans = {plan.name for plan in ws.tracking_plans}
         if len(plans) != len(ws.tracking_plans):
             raise ValueError(f"a tracking plan is declared twice in workspace {ws.name!r}")
         names: set[str] = set()
         for src in ws.sources:
+            e = src.enforcement
+            for target in (e.forward_blocked_to, e.forward_violations_to):
+                if target is not None and target not in {s.name for s in ws.sources}:
+                    raise ValueError(
+                        f"source {src.name!r} forwards to {target!r}, which workspace "
+                        f"{ws.name!r} does not declare"
+                    )
             if src.tracking_plan is not None and src.tracking_plan not in plans:
                 raise ValueError(
                     f"source {src.name!r} names tracking plan {src.tracking_plan!r}, which "
@@ -223,7 +244,7 @@ def _check(config: Config) -> None:
                 seen_keys.add(key)
 
 
-def _check_schemas(workspace: str, plan: TrackingPlanConfig) -> None:
+def check_plan(workspace: str, plan: TrackingPlanConfig) -> None:
     """Every rule of a plan must compile as a JSON Schema."""
     import fastjsonschema
 

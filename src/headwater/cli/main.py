@@ -7,6 +7,7 @@ import os
 import click
 
 from headwater import __version__
+from headwater.cli.accounting import overview, violations
 from headwater.cli.common import F, data_options
 from headwater.cli.roles import processor
 from headwater.cli.sources import sources
@@ -126,6 +127,8 @@ cli.add_command(sources)
 cli.add_command(processor)
 cli.add_command(status)
 cli.add_command(tail)
+cli.add_command(overview)
+cli.add_command(violations)
 
 
 def main() -> None:

@@ -36,6 +36,15 @@ def processor(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s processor %(message)s")
     tune_gc()
     member = member_id()
+    if parent is None:  # on its own (not under `up`): its control plane follows the file
+        from headwater.control.declarative import apply_config
+        from headwater.control.store import ControlStore
+
+        store = ControlStore(paths.control_db)
+        try:
+            apply_config(store, config)
+        finally:
+            store.close()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

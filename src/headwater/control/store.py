@@ -366,6 +366,16 @@ class ControlStore:
         stored = self.admin_token_hash()
         return stored is not None and hmac.compare_digest(stored, hash_token(token))
 
+    # -- for the modules that keep more in the same database (`control.plans`) --------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    def transaction(self) -> _Transaction:
+        """`BEGIN IMMEDIATE` ... `COMMIT` (nestable) that bumps the version."""
+        return _Transaction(self._conn)
+
     # -- internals ----------------------------------------------------------------------------
 
     def _tx(self) -> _Transaction:

@@ -7,6 +7,10 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from headwater.accounting import AccountingStore, views
+from headwater.accounting.views import ViewError
+from headwater.config import Enforcement
+from headwater.control.plans import PlanCatalog, connection_json, plan_json
 from headwater.control.store import ControlError, ControlStore, Source, Workspace
 from headwater.gateway.http import HttpError
 
@@ -25,6 +29,20 @@ class NewSource(msgspec.Struct, forbid_unknown_fields=True):
 
 class Rotation(msgspec.Struct, forbid_unknown_fields=True):
     grace_seconds: float = 86400.0
+
+
+class NewPlan(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    rules: dict[str, Any] = {}
+
+
+class PlanBody(msgspec.Struct, forbid_unknown_fields=True):
+    rules: dict[str, Any] = {}
+
+
+class PlanConnection(msgspec.Struct, forbid_unknown_fields=True):
+    tracking_plan: str
+    enforcement: Enforcement = Enforcement()
 
 
 def workspace_json(ws: Workspace) -> dict[str, Any]:
@@ -54,8 +72,10 @@ def source_json(src: Source) -> dict[str, Any]:
 class AdminApi:
     """Routes admin requests to the control store (small, rare requests: run inline)."""
 
-    def __init__(self, store: ControlStore) -> None:
+    def __init__(self, store: ControlStore, accounting: AccountingStore | None = None) -> None:
         self.store = store
+        self.plans = PlanCatalog(store)
+        self.accounting = accounting
 
     def authorize(self, header: str | None) -> None:
         if not self.store.has_admin_token():
@@ -78,6 +98,8 @@ class AdminApi:
             status, result = self._route(method, parts, parse_qs(query), body)
         except ControlError as exc:
             raise HttpError(exc.status, exc.code, str(exc)) from None
+        except ViewError as exc:
+            raise HttpError(400, "validation_error", str(exc)) from None
         except msgspec.ValidationError as exc:
             raise HttpError(400, "bad_request", f"invalid request body: {exc}") from None
         except msgspec.DecodeError as exc:
@@ -113,6 +135,42 @@ class AdminApi:
                 return 200, source_json(store.set_source_enabled(ref, False))
             case ("POST", ["sources", ref, "enable"]):
                 return 200, source_json(store.set_source_enabled(ref, True))
+            case ("GET", ["sources", ref, "tracking-plan"]):
+                return 200, connection_json(self.plans.connection(ref))
+            case ("PUT", ["sources", ref, "tracking-plan"]):
+                c = msgspec.json.decode(body or b"{}", type=PlanConnection)
+                return 200, connection_json(self.plans.connect(ref, c.tracking_plan, c.enforcement))
+            case ("DELETE", ["sources", ref, "tracking-plan"]):
+                self.plans.disconnect(ref)
+                return 200, connection_json(None)
+            case ("GET", ["sources", ref, "violations"]):
+                window = query.get("window", ["24h"])[0]
+                return 200, views.violations(self._accounting(), self._source(ref), window=window)
+            case ("GET", ["sources", ref, "overview"]):
+                return 200, views.overview(
+                    self._accounting(),
+                    self._source(ref),
+                    start=query.get("from", [None])[0],
+                    end=query.get("to", [None])[0],
+                    granularity=query.get("granularity", ["minute"])[0],
+                )
+            case ("GET", ["workspaces", ws, "tracking-plans"]):
+                return 200, {"tracking_plans": [plan_json(p) for p in self.plans.plans(ws)]}
+            case ("POST", ["workspaces", ws, "tracking-plans"]):
+                made = msgspec.json.decode(body or b"{}", type=NewPlan)
+                if any(p.name == made.name for p in self.plans.plans(ws)):
+                    raise ControlError(
+                        f"tracking plan {made.name!r} already exists", status=409, code="conflict"
+                    )
+                return 201, plan_json(self.plans.put(ws, made.name, made.rules))
+            case ("GET", ["workspaces", ws, "tracking-plans", name]):
+                return 200, plan_json(self.plans.get(ws, name))
+            case ("PUT", ["workspaces", ws, "tracking-plans", name]):
+                put = msgspec.json.decode(body or b"{}", type=PlanBody)
+                return 200, plan_json(self.plans.put(ws, name, put.rules))
+            case ("DELETE", ["workspaces", ws, "tracking-plans", name]):
+                self.plans.delete(ws, name)
+                return 200, {"deleted": name}
             case ("DELETE", ["sources", ref, "write-keys", key]):
                 src = store.source(ref)
                 if key not in {k.key for k in src.write_keys}:
@@ -122,3 +180,16 @@ class AdminApi:
                 store.disable_write_key(key)
                 return 200, source_json(store.source(ref))
         raise HttpError(404, "not_found", "no such admin endpoint")
+
+    def _accounting(self) -> AccountingStore:
+        if self.accounting is None:
+            raise HttpError(503, "unavailable", "this gateway has no accounting store")
+        return self.accounting
+
+    def _source(self, ref: str) -> dict[str, Any]:
+        return source_ref_json(self.store.source(ref))
+
+
+def source_ref_json(src: Source) -> dict[str, Any]:
+    """How the accounting views name a source."""
+    return {"id": src.id, "workspace": src.workspace, "name": src.name}

@@ -8,6 +8,7 @@ and metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from headwater.accounting import open_accounting
 from headwater.config import Config, parse_size
 from headwater.control.store import ControlStore
 from headwater.events import reasons
@@ -72,7 +74,8 @@ class GatewayApp:
         self.metrics = GatewayMetrics()
         self.store = ControlStore(paths.control_db)
         self.keys = KeyCache(self.store)
-        self.admin = AdminApi(self.store)
+        self.accounting = open_accounting(config, paths)
+        self.admin = AdminApi(self.store, self.accounting)
         self.writer = _writer(config, paths)
         self.reader: EmbeddedLogReader | None = None
         self.tracking = Tracking(
@@ -100,6 +103,11 @@ class GatewayApp:
             task.cancel()
         self.writer.close()
         self.metrics.flush(self.paths.metrics_dir)
+        with contextlib.suppress(Exception):
+            tally = self.metrics.take_failed()
+            if tally:
+                self.accounting.record(tally)
+        self.accounting.close()
         if self.reader is not None:
             self.reader.close()
         self.store.close()
@@ -116,6 +124,18 @@ class GatewayApp:
                 self.metrics.flush(self.paths.metrics_dir)
             except Exception:
                 log.exception("gateway housekeeping failed")
+            await self._flush_accounting()
+
+    async def _flush_accounting(self) -> None:
+        """Add the last second's failed-on-ingest counts to the delivery overview."""
+        tally = self.metrics.take_failed()
+        if not tally:
+            return
+        try:
+            await asyncio.to_thread(self.accounting.record, tally)
+        except Exception as exc:  # kept, and tried again next second
+            log.warning("cannot write the delivery overview: %s", exc)
+            self.metrics.failed.merge(tally)
 
     # -- what the HTTP server asks -------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+from headwater.accounting.tally import FAILED, INGEST, Tally, now_ms
+
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -56,6 +58,7 @@ class GatewayMetrics:
         self.dropped: dict[tuple[str, str], int] = {}
         self.rejected: dict[str, int] = {}
         self.client_metrics = 0
+        self.failed = Tally()  # failed on ingest, for the delivery overview (taken each second)
         self.ack_buckets = [0] * (len(ACK_BUCKETS) + 1)
         self.ack_sum = 0.0
 
@@ -69,6 +72,13 @@ class GatewayMetrics:
     def drop(self, source_id: str, reason: str, n: int = 1) -> None:
         key = (source_id, reason)
         self.dropped[key] = self.dropped.get(key, 0) + n
+        if source_id:
+            self.failed.outcome(source_id, now_ms(), INGEST, FAILED, reason, n)
+
+    def take_failed(self) -> Tally:
+        """The failed-on-ingest counts since the last call."""
+        taken, self.failed = self.failed, Tally()
+        return taken
 
     def reject(self, code: str, n: int) -> None:
         """Messages refused with 429/503: not stored, not acknowledged, the client retries."""

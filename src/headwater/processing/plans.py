@@ -25,6 +25,7 @@ import fastjsonschema
 import msgspec
 
 from headwater.config import Config, Enforcement, TrackingPlanConfig
+from headwater.control.plans import PlanCatalog
 from headwater.control.store import stable_id
 from headwater.events.stamp import decode_stamp
 from headwater.processing.runtime import Item
@@ -32,6 +33,9 @@ from headwater.processing.runtime import Item
 BLOCKED = "blocked"
 UNPLANNED_EVENT = "unplanned_event"
 VIOLATION = "violation"
+FORWARDED = "forwarded"  # how a blocked message reaches the source it is forwarded to
+VIOLATION_GENERATED = "Violation Generated"
+VIOLATION_GENERATED_VIA = "violation_generated"
 MAX_OMISSIONS = 50  # fields omitted one at a time (each re-validation finds the next violation)
 
 Validator = Any  # a compiled fastjsonschema function
@@ -76,8 +80,12 @@ def _declared(key: str, schema: dict[str, Any]) -> set[str] | None:
 
 @dataclass
 class SourcePlan:
+    """A source's plan and enforcement; `forward_*` are source ids to forward to (or None)."""
+
     plan: CompiledPlan
     enforcement: Enforcement
+    forward_blocked: str | None = None
+    forward_violations: str | None = None
 
 
 def plans_by_source(config: Config) -> dict[str, SourcePlan]:
@@ -88,8 +96,34 @@ def plans_by_source(config: Config) -> dict[str, SourcePlan]:
         for src in ws.sources:
             if src.tracking_plan is not None:
                 sid = stable_id("src", ws.name, src.name)
-                out[sid] = SourcePlan(compiled[src.tracking_plan], src.enforcement)
+                out[sid] = source_plan(ws.name, compiled[src.tracking_plan], src.enforcement)
     return out
+
+
+def plans_from_catalog(catalog: PlanCatalog) -> dict[str, SourcePlan]:
+    """Every source connected to a plan in the control plane, by source id."""
+    compiled: dict[tuple[str, str], CompiledPlan] = {}
+    out: dict[str, SourcePlan] = {}
+    for conn in catalog.connections():
+        key = (conn.source.workspace, conn.plan)
+        if key not in compiled:
+            plan = catalog.get(*key)
+            compiled[key] = compile_plan(TrackingPlanConfig(plan.name, plan.rules))
+        out[conn.source.id] = source_plan(conn.source.workspace, compiled[key], conn.enforcement)
+    return out
+
+
+def source_plan(workspace: str, plan: CompiledPlan, enforcement: Enforcement) -> SourcePlan:
+    """`plan` as enforced by a source of `workspace` (forwarding targets named in it)."""
+    e = enforcement
+    return SourcePlan(
+        plan,
+        e,
+        None if e.forward_blocked_to is None else stable_id("src", workspace, e.forward_blocked_to),
+        None
+        if e.forward_violations_to is None
+        else stable_id("src", workspace, e.forward_violations_to),
+    )
 
 
 class TrackingPlans:
@@ -100,30 +134,67 @@ class TrackingPlans:
     def __init__(self, plans: dict[str, SourcePlan]) -> None:
         self.plans = plans
 
+    def reload(self, plans: dict[str, SourcePlan]) -> None:
+        """Enforce `plans` from the next unit on (the control plane changed)."""
+        self.plans = plans
+
     def __call__(self, items: list[Item]) -> None:
         if not self.plans:
             return
+        made: list[Item] = []
         for item in items:
             planned = self.plans.get(item.source_id)
-            if planned is not None and not item.outcome:
-                self._enforce(item, planned)
+            if planned is not None and not item.outcome and not item.via:
+                self._enforce(item, planned, made)
+        items.extend(made)
 
-    def _enforce(self, item: Item, planned: SourcePlan) -> None:
+    def _enforce(self, item: Item, planned: SourcePlan, made: list[Item]) -> None:
+        original = item.message
+        checked = self._check(item, planned)
+        if checked is None:
+            return
+        msg, kind, label, violations = checked
+        if violations:
+            item.violations = [(label, v["type"], v["field"]) for v in violations]
+        if violations or item.outcome:
+            item.original = original
+        if planned.forward_violations is not None and violations:
+            target = planned.forward_violations
+            made.extend(violation_events(item, msg, kind, label, violations, target))
+        if item.outcome == BLOCKED and planned.forward_blocked is not None:
+            made.append(
+                Item(
+                    planned.forward_blocked,
+                    original,
+                    stamp=item.stamp,
+                    position=item.position,
+                    via=FORWARDED,
+                )
+            )
+
+    def _check(
+        self, item: Item, planned: SourcePlan
+    ) -> tuple[dict[str, Any], str, str, list[dict[str, str]]] | None:
+        """Enforce the plan on one item: its message as checked, its call type, its event name
+        (or call type) and the violations found (None: the message is not an object)."""
         try:
             msg = msgspec.json.decode(item.message)
         except msgspec.DecodeError:
-            return  # not readable: the steps after this one give it its outcome
+            return None  # not readable: the steps after this one give it its outcome
         if not isinstance(msg, dict):
-            return
+            return None
         kind = msg.get("type")
         if kind is None and item.stamp is not None:
             kind = decode_stamp(item.stamp).path_type  # a single-message path implies it
         plan, mode = planned.plan, planned.enforcement
         key = f"track:{msg.get('event')}" if kind == "track" else str(kind)
         rule = plan.rules.get(key)
+        label = str(msg.get("event")) if kind == "track" else str(kind)
         if rule is None and kind == "track" and mode.unplanned_events == "block":
             item.stop(BLOCKED, UNPLANNED_EVENT)
-            return
+            why = f"the tracking plan does not name the event {label!r}"
+            found = [{"type": UNPLANNED_EVENT, "field": "event", "description": why}]
+            return msg, str(kind), label, found
         omitted: list[str] = []
         bag_name = _bag(key)
         declared = plan.declared.get(key)
@@ -151,18 +222,65 @@ class TrackingPlans:
                     )
                     if mode.violations == "block":
                         item.stop(BLOCKED, VIOLATION)
-                        return
+                        break
                     if mode.violations != "omit" or exc.rule == "required":
                         break  # a missing field cannot be omitted (nor its parent instead)
                     if not _omit(msg, path):
                         break
                     omitted.append(".".join(path))
+            if item.outcome:
+                return msg, str(kind), label, violations
         if omitted or violations:
             context = msg.get("context")
             if not isinstance(context, dict):
                 context = msg["context"] = {}
             context["protocols"] = {"omitted": omitted, "violations": violations}
             item.message = msgspec.json.encode(msg)
+        return msg, str(kind), label, violations
+
+
+def violation_events(
+    item: Item,
+    msg: dict[str, Any],
+    kind: str,
+    label: str,
+    violations: list[dict[str, str]],
+    target: str,
+) -> list[Item]:
+    """One `Violation Generated` track event per violation of `msg`, for source `target`
+    (message ids derived from the original's, so a replay makes the same events)."""
+    made = []
+    message_id = str(msg.get("messageId", ""))
+    for i, v in enumerate(violations):
+        event: dict[str, Any] = {
+            "type": "track",
+            "event": VIOLATION_GENERATED,
+            "messageId": f"{message_id}-violation-{i}",
+            "properties": {
+                "violationType": v["type"],
+                "violationField": v["field"],
+                "violationDescription": v["description"],
+                "eventName": label if kind == "track" else None,
+                "eventType": kind,
+                "originalMessageId": message_id,
+                "sourceId": item.source_id,
+            },
+        }
+        for who in ("userId", "anonymousId", "timestamp"):
+            if msg.get(who) not in (None, ""):
+                event[who] = msg[who]
+        if "userId" not in event and "anonymousId" not in event:
+            event["anonymousId"] = message_id
+        made.append(
+            Item(
+                target,
+                msgspec.json.encode(event),
+                stamp=item.stamp,
+                position=item.position,
+                via=VIOLATION_GENERATED_VIA,
+            )
+        )
+    return made
 
 
 def _omit(msg: dict[str, Any], path: list[str]) -> bool:

@@ -15,9 +15,13 @@ import logging
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from headwater.accounting import AccountingStore, open_accounting
 from headwater.config import Config, parse_duration, parse_size
+from headwater.control.plans import PlanCatalog
+from headwater.control.store import ControlStore
 from headwater.log.base import Log
 from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.retention import enforce_retention
@@ -25,7 +29,7 @@ from headwater.log.factory import append_settings
 from headwater.paths import DataPaths
 from headwater.processing.dedupe import Dedupe, DedupeStore, open_dedupe_store
 from headwater.processing.dedupe.step import now_ms
-from headwater.processing.plans import TrackingPlans, plans_by_source
+from headwater.processing.plans import TrackingPlans, plans_from_catalog
 from headwater.processing.runtime import (
     StageMetrics,
     StageRunner,
@@ -43,12 +47,36 @@ STAGE = "processor"
 PASS_THROUGH_STAMPED = False
 RETENTION_EVERY_S = 30.0
 EXPIRE_EVERY_S = 60.0
+PLANS_EVERY_S = 2.0
 
 
-def processor_steps(config: Config, dedupe: DedupeStore | None) -> list[Step]:
+def processor_steps(dedupe: DedupeStore | None, plans: TrackingPlans) -> list[Step]:
     """The processor's steps, in order (the identity issue adds identity resolution)."""
     steps: list[Step] = [] if dedupe is None else [Dedupe(dedupe)]
-    return [*steps, TrackingPlans(plans_by_source(config)), ProfileKey()]
+    return [*steps, plans, ProfileKey()]
+
+
+@dataclass
+class Parts:
+    """What the processor's stage is made of besides its logs."""
+
+    steps: list[Step]
+    accounting: AccountingStore
+
+
+async def _follow_plans(catalog: PlanCatalog, step: TrackingPlans) -> None:
+    """Apply tracking plans changed in the control plane (admin API) within seconds."""
+    seen = catalog.store.version()
+    while True:
+        await asyncio.sleep(PLANS_EVERY_S)
+        try:
+            version = catalog.store.version()
+            if version != seen:
+                step.reload(plans_from_catalog(catalog))
+                seen = version
+                log.info("tracking plans reloaded (control plane version %d)", version)
+        except Exception:
+            log.exception("reloading tracking plans failed")
 
 
 def member_id() -> str:
@@ -68,31 +96,42 @@ async def run_processor(
     """Run the processor until `stop` is set."""
     metrics = metrics or StageMetrics(STAGE)
     loop = asyncio.get_running_loop()
-    flusher = loop.create_task(flush_metrics_forever(metrics, paths.metrics_dir))
+    control = ControlStore(paths.control_db)
+    catalog = PlanCatalog(control)
+    plans = TrackingPlans(plans_from_catalog(catalog))
     dedupe = open_dedupe_store(config, paths)
-    expiry = None if dedupe is None else loop.create_task(_expire_forever(dedupe))
+    accounting = open_accounting(config, paths)
+    tasks = [
+        loop.create_task(flush_metrics_forever(metrics, paths.metrics_dir)),
+        loop.create_task(_follow_plans(catalog, plans)),
+        loop.create_task(_expire_forever(accounting, dedupe)),
+    ]
+    parts = Parts(processor_steps(dedupe, plans), accounting)
     try:
         if config.log.backend == "jetstream":
-            await _run_jetstream(config, stop, member or member_id(), metrics, dedupe)
+            await _run_jetstream(config, stop, member or member_id(), metrics, parts)
         else:
-            await _run_embedded(config, paths, stop, metrics, dedupe)
+            await _run_embedded(config, paths, stop, metrics, parts)
     finally:
-        flusher.cancel()
-        if expiry is not None:
-            expiry.cancel()
+        for task in tasks:
+            task.cancel()
         if dedupe is not None:
             dedupe.close()
+        accounting.close()
+        control.close()
         with contextlib.suppress(OSError):
             metrics.flush(paths.metrics_dir)
 
 
-async def _expire_forever(store: DedupeStore) -> None:
+async def _expire_forever(accounting: AccountingStore, dedupe: DedupeStore | None) -> None:
     while True:
         await asyncio.sleep(EXPIRE_EVERY_S)
-        try:
-            store.expire(now_ms())
-        except Exception:
-            log.exception("expiring dedupe claims failed")
+        for store in (accounting, dedupe):
+            try:
+                if store is not None:
+                    await asyncio.to_thread(store.expire, now_ms())
+            except Exception:
+                log.exception("expiring what is past retention failed")
 
 
 async def _run_embedded(
@@ -100,7 +139,7 @@ async def _run_embedded(
     paths: DataPaths,
     stop: asyncio.Event,
     metrics: StageMetrics,
-    dedupe: DedupeStore | None,
+    parts: Parts,
 ) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(paths.root / "processor.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -121,11 +160,12 @@ async def _run_embedded(
         runner = StageRunner(
             StageSpec(
                 STAGE,
-                processor_steps(config, dedupe),
+                parts.steps,
                 ingest,
                 events,
                 merge_units=True,
                 stamped=PASS_THROUGH_STAMPED,
+                accounting=parts.accounting,
             ),
             metrics,
         )
@@ -163,7 +203,7 @@ async def _run_jetstream(
     stop: asyncio.Event,
     member: str,
     metrics: StageMetrics,
-    dedupe: DedupeStore | None,
+    parts: Parts,
 ) -> None:
     from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, connect, ensure_log
     from headwater.log.jetstream.leases import LeaseManager, lease_bucket
@@ -189,11 +229,12 @@ async def _run_jetstream(
         kv = await lease_bucket(js, bucket, settings.lease_ttl_s, settings.replicas)
         spec = StageSpec(
             STAGE,
-            processor_steps(config, dedupe),
+            parts.steps,
             ingest,
             events,
             merge_units=False,
             stamped=PASS_THROUGH_STAMPED,
+            accounting=parts.accounting,
         )
         runner = StageRunner(spec, metrics)
         leases = LeaseManager(

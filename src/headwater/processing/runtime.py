@@ -34,6 +34,9 @@ from typing import Protocol
 
 import msgspec
 
+from headwater.accounting.store import AccountingStore, Mark
+from headwater.accounting.tally import INGEST, RECEIVED, Tally, now_ms
+from headwater.events.stamp import decode_stamp
 from headwater.log.base import Log, LogError, PartitionConsumer
 from headwater.log.records import RecordBatch, Run, encode_run, partition_for
 from headwater.observability.metrics import Snapshot, write_snapshot
@@ -54,6 +57,9 @@ class Item(msgspec.Struct, gc=False):
     reason: str = ""
     stamp: bytes | None = None  # the request's stamp, for messages read as stored
     position: str = ""  # where it sits in the input log: "<partition>:<batch end>:<index>"
+    via: str = ""  # how a step made it: "" (read from the log), "forwarded", "violation_generated"
+    violations: list[tuple[str, str, str]] | None = None  # (event, type, field) it broke
+    original: bytes | None = None  # the message as read, when a step changed it
 
     def stop(self, outcome: str, reason: str) -> None:
         """End this item here: it is counted under `outcome`/`reason`, not written."""
@@ -117,6 +123,7 @@ class StageSpec:
     # False: steps see messages as stored (with `Item.stamp`), and the output keeps the stamp
     # for its readers to apply; enough for steps that only route on a few fields.
     stamped: bool = True
+    accounting: AccountingStore | None = None  # where outcomes are counted per source and minute
 
 
 def producer_name(stage: str, partition: int) -> str:
@@ -138,6 +145,42 @@ def outputs_of(items: Sequence[Item], partitions: int) -> list[Run]:
     ]
 
 
+def tally_items(stage: str, items: Sequence[Item], after: int | None = None) -> Tally:
+    """The accounting of a unit: each item `received` at ingest (in the minute its request
+    arrived) and its outcome at `stage`, plus the violations it carries; with `after`, only
+    items of input batches ending after that offset."""
+    counts: Counter[tuple[str, bytes | None, str, str, str]] = Counter()
+    for item in items:
+        if after is not None and int(item.position.split(":")[1]) <= after:
+            continue
+        counts[(item.source_id, item.stamp, item.outcome or PROCESSED, item.reason, item.via)] += 1
+    tally = Tally()
+    now = now_ms()
+    minutes: dict[bytes | None, int] = {None: now}
+    for (source_id, stamp, outcome, reason, via), n in counts.items():
+        at = minutes.get(stamp)
+        if at is None:
+            at = minutes[stamp] = _received_ms(stamp, now)
+        tally.outcome(source_id, at, INGEST, RECEIVED, via, n)
+        tally.outcome(source_id, at, stage, outcome, reason, n)
+    for item in items:
+        if item.violations and (after is None or int(item.position.split(":")[1]) > after):
+            at = minutes.get(item.stamp, now)
+            payload = item.original or item.message
+            for event, vtype, vfield in item.violations:
+                tally.violation(item.source_id, at, event, vtype, vfield, payload)
+    return tally
+
+
+def _received_ms(stamp: bytes | None, default: int) -> int:
+    if stamp is None:
+        return default
+    try:
+        return int(decode_stamp(stamp).received_at.timestamp() * 1000)
+    except (msgspec.DecodeError, ValueError):
+        return default
+
+
 class StageRunner:
     """Runs a stage on the partitions it is given; `assign`/`revoke` move them."""
 
@@ -148,6 +191,7 @@ class StageRunner:
         self.positions: dict[int, int] = {}
         self.errors = 0
         self._busy = asyncio.Semaphore(spec.max_busy_partitions)
+        self._marks: dict[int, int] = {}  # how far each partition's accounting reaches
 
     @property
     def assigned(self) -> set[int]:
@@ -227,9 +271,31 @@ class StageRunner:
                 with contextlib.suppress(Exception):
                     await consumer.close()
 
+    async def _account(self, partition: int, unit: list[RecordBatch], items: list[Item]) -> None:
+        """Count the unit's outcomes, once: the partition's accounting mark moves with them."""
+        store = self.spec.accounting
+        if store is None:
+            return
+        new = unit[-1].end_offset
+        while True:
+            mark = self._marks.get(partition)
+            if mark is None:
+                mark = await asyncio.to_thread(store.mark, self.spec.name, partition)
+            if new <= mark:
+                return  # counted before (a replay)
+            after = mark if unit[0].end_offset <= mark else None
+            tally = tally_items(self.spec.name, items, after)
+            if await asyncio.to_thread(
+                store.record, tally, Mark(self.spec.name, partition, mark, new)
+            ):
+                self._marks[partition] = new
+                return
+            self._marks.pop(partition, None)  # moved by someone else: read it again
+
     async def _consume(self, partition: int, consumer: PartitionConsumer) -> None:
         spec = self.spec
         producer = producer_name(spec.name, partition)
+        self._marks.pop(partition, None)  # another owner may have counted further meanwhile
         position = await consumer.open()
         produced = await spec.sink.produced(producer)
         if produced is not None and produced > position:  # output got further than the commit
@@ -250,6 +316,7 @@ class StageRunner:
                     await spec.sink.append(
                         outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
                     )
+                    await self._account(partition, unit, items)
             if not spec.holds(partition) or self._tasks.get(partition) is not me:
                 return  # lost the lease or revoked meanwhile: the next owner commits
             end = batches[-1].end_offset
