@@ -54,6 +54,13 @@ def test_an_id_twice_in_one_call_is_a_duplicate_the_second_time(store: DedupeSto
     ]
 
 
+def test_the_first_of_two_copies_in_one_call_keeps_the_claim(store: DedupeStore) -> None:
+    # the later copy is the duplicate, whichever store answers, and the claim stays the first's
+    assert store.claim([("m1", "0:5:0"), ("m1", "0:5:1")], T0) == [False, True]
+    assert store.claim([("m1", "0:5:0")], T0 + 1) == [False]
+    assert store.claim([("m1", "0:5:1")], T0 + 1) == [True]
+
+
 def test_ids_are_exact_not_similar(store: DedupeStore) -> None:
     ids = [f"m-{i}" for i in range(2000)]
     assert store.claim([(m, f"0:1:{i}") for i, m in enumerate(ids)], T0) == [False] * 2000

@@ -12,6 +12,7 @@ last saw it, moving it in the same transaction.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -137,19 +138,28 @@ class SqliteAccountingStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()  # one connection, used from the stage's worker threads
 
     def mark(self, stage: str, partition: int) -> int:
+        with self._lock:
+            return self._mark(stage, partition)
+
+    def _mark(self, stage: str, partition: int) -> int:
         row = self._conn.execute(
             "SELECT position FROM marks WHERE stage=? AND partition=?", (stage, partition)
         ).fetchone()
         return NO_MARK if row is None else int(row[0])
 
     def record(self, tally: Tally, mark: Mark | None = None) -> bool:
+        with self._lock:
+            return self._record(tally, mark)
+
+    def _record(self, tally: Tally, mark: Mark | None) -> bool:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             if mark is not None:
-                if self.mark(mark.stage, mark.partition) != mark.expected:
+                if self._mark(mark.stage, mark.partition) != mark.expected:
                     conn.execute("ROLLBACK")
                     return False
                 conn.execute(
@@ -192,34 +202,37 @@ class SqliteAccountingStore:
         )
 
     def outcomes(self, source_id: str, from_ms: int, to_ms: int, grain: int) -> list[OutcomeRow]:
-        rows = self._conn.execute(
-            "SELECT bucket, stage, outcome, reason, n FROM outcomes WHERE source_id=? AND "
-            "grain=? AND bucket>=? AND bucket<? ORDER BY bucket, stage, outcome, reason",
-            (source_id, grain, from_ms, to_ms),
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT bucket, stage, outcome, reason, n FROM outcomes WHERE source_id=? AND "
+                "grain=? AND bucket>=? AND bucket<? ORDER BY bucket, stage, outcome, reason",
+                (source_id, grain, from_ms, to_ms),
+            ).fetchall()
         return [OutcomeRow(*row) for row in rows]
 
     def violations(
         self, source_id: str, from_ms: int, to_ms: int, grain: int
     ) -> list[ViolationRow]:
-        rows = self._conn.execute(
-            "SELECT event, type, field, sum(n) FROM violations WHERE source_id=? AND grain=? "
-            "AND bucket>=? AND bucket<? GROUP BY event, type, field",
-            (source_id, grain, from_ms, to_ms),
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT event, type, field, sum(n) FROM violations WHERE source_id=? AND grain=? "
+                "AND bucket>=? AND bucket<? GROUP BY event, type, field",
+                (source_id, grain, from_ms, to_ms),
+            ).fetchall()
         return [ViolationRow(*row) for row in rows]
 
     def samples(self, source_id: str) -> list[SampleRow]:
-        rows = self._conn.execute(
-            "SELECT event, type, field, at_ms, payload FROM samples WHERE source_id=? "
-            "ORDER BY at_ms DESC",
-            (source_id,),
-        ).fetchall()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT event, type, field, at_ms, payload FROM samples WHERE source_id=? "
+                "ORDER BY at_ms DESC",
+                (source_id,),
+            ).fetchall()
         return [SampleRow(e, t, f, at, bytes(p)) for e, t, f, at, p in rows]
 
     def expire(self, now_ms: int) -> None:
         r = self.retention
-        with self._conn:
+        with self._lock, self._conn:
             for table in ("outcomes", "violations"):
                 for grain in GRAINS:
                     self._conn.execute(

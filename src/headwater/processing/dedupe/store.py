@@ -80,7 +80,10 @@ class SqliteDedupeStore:
         }
         if len(inserted) == len(chunk):
             return [False] * len(chunk)
-        owners = {mid: (pos, now_ms) for mid, pos in chunk if mid in inserted}
+        owners: dict[str, tuple[str, int]] = {}
+        for mid, pos in chunk:  # an id twice in this chunk: its first position claimed it
+            if mid in inserted:
+                owners.setdefault(mid, (pos, now_ms))
         rest = list({mid for mid, _pos in chunk if mid not in inserted})
         marks = ",".join("?" * len(rest))
         for mid, position, ms in conn.execute(
