@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATA ?= .headwater
 CONFIG ?= examples/headwater.yaml
 
-.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-setup clean
+.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-processing bench-setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench-pipeline: $(VENV)/.dev
 	scripts/bench-setup.sh
 	scripts/ensure-services.sh
 	$(BIN)/python bench/pipeline.py
+
+## bench-processing: one processor with dedupe and a 20-rule tracking plan vs pass-through (Redis)
+bench-processing: $(VENV)/.dev
+	scripts/ensure-services.sh redis
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/processing.py
 
 ## bench-dedupe: dedupe memory per remembered messageId (10 million ids) and claims/s (Redis)
 bench-dedupe: $(VENV)/.dev

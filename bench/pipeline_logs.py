@@ -58,10 +58,12 @@ def config_text(
     url: str = "",
     dedupe: bool = False,
     plan: bool = False,
+    redis: tuple[str, str] | None = None,
 ) -> str:
     """A headwater.yaml: one source with `write_key`; embedded log, or JetStream under `prefix`;
     the processor deduplicates only with `dedupe` (off: the pass-through the bar is about) and
-    enforces a 20-rule tracking plan only with `plan`."""
+    enforces a 20-rule tracking plan only with `plan`; `redis` (url, prefix) keeps the
+    processor's state in Redis."""
     if prefix is None:
         log = f"log: {{partitions: {partitions}}}\n"
     else:
@@ -69,6 +71,8 @@ def config_text(
             f"log: {{backend: jetstream, url: '{url}', partitions: {partitions}, replicas: 1, "
             f"prefix: {prefix}, retention: {{max_bytes: {JETSTREAM_LOG_BYTES}}}}}\n"
         )
+    if redis is not None:
+        log += f"state: {{backend: redis, url: '{redis[0]}', prefix: {redis[1]}}}\n"
     text = (
         log + f"dedupe: {{enabled: {str(dedupe).lower()}}}\n"
         "workspaces:\n"

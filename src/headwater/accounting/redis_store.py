@@ -1,14 +1,18 @@
 """The accounting in Redis, shared by every gateway and processor of a fleet.
 
-One hash per (source, grain, bucket) for outcomes and one for violations (fields join the key
-parts with a unit separator), expiring with their grain's retention; samples in a capped list
-per violation, with a set per source naming those lists; marks in one hash. A stage's counts
-and its mark move in one script, so they are atomic.
+One hash per (source, grain, bucket) for outcomes and one for violations (fields are the key
+parts as a JSON array, so any name round-trips), expiring with their grain's retention; samples
+in a sorted set per violation scored by time and capped to the newest, with a hash per source
+naming those sets; marks in one hash. A stage's counts and its mark move in one script, so
+they are atomic.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import msgspec
+from xxhash import xxh3_64_hexdigest
 
 from headwater.accounting.store import (
     GRAINS,
@@ -20,13 +24,11 @@ from headwater.accounting.store import (
     ViolationRow,
 )
 from headwater.accounting.tally import SAMPLES_PER_VIOLATION, Tally
+from headwater.accounting.views import MAX_BUCKETS, ViewError
 
-SEP = "\x1f"
-MAX_BUCKETS = 20_000  # one query reads at most this many buckets
-
-# ARGV: marks hash, mark field, expected ('' for none), new mark, sample cap, then triples
-# (key, field, increment, ttl ms) as groups of four, then '|', then samples as (list, index
-# set, payload, ttl ms) groups of four.
+# ARGV: marks hash, mark field, expected ('' for none), new mark, sample cap, then counts as
+# (key, field, increment, ttl ms) groups of four, then '|', then samples as (sorted set, index
+# hash, index field, time ms, member, ttl ms) groups of six.
 RECORD = """
 local marks, field, expected, new, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if field ~= '' then
@@ -46,15 +48,24 @@ while ARGV[i] ~= '|' do
 end
 i = i + 1
 while ARGV[i] do
-  redis.call('LPUSH', ARGV[i], ARGV[i + 2])
-  redis.call('LTRIM', ARGV[i], 0, cap - 1)
-  redis.call('PEXPIRE', ARGV[i], ARGV[i + 3])
-  redis.call('SADD', ARGV[i + 1], ARGV[i])
-  redis.call('PEXPIRE', ARGV[i + 1], ARGV[i + 3])
-  i = i + 4
+  redis.call('ZADD', ARGV[i], ARGV[i + 3], ARGV[i + 4])
+  redis.call('ZREMRANGEBYRANK', ARGV[i], 0, -cap - 1)
+  redis.call('PEXPIRE', ARGV[i], ARGV[i + 5])
+  redis.call('HSET', ARGV[i + 1], ARGV[i], ARGV[i + 2])
+  redis.call('PEXPIRE', ARGV[i + 1], ARGV[i + 5])
+  i = i + 6
 end
 return 1
 """
+
+
+def _field(*parts: str) -> str:
+    return msgspec.json.encode(parts).decode()
+
+
+def _parts(data: bytes) -> tuple[str, str, str]:
+    a, b, c = msgspec.json.decode(data, type=tuple[str, str, str])
+    return a, b, c
 
 
 class RedisAccountingStore:
@@ -85,13 +96,14 @@ class RedisAccountingStore:
             for (src, minute, a, b, c), n in counts.items():
                 for grain in GRAINS:
                     key = self._bucket_key(kind, src, grain, minute - minute % grain)
-                    args += [key, SEP.join((a, b, c)), n, self.retention.of(grain) + grain]
+                    args += [key, _field(a, b, c), n, self.retention.of(grain) + grain]
         args.append("|")
         ttl = self.retention.hour_ms
         for s in tally.samples:
-            listed = f"{self.prefix}s:{s.source_id}:{SEP.join((s.event, s.type, s.field))}"
-            payload = SEP.join((str(s.at_ms), s.payload.decode("utf-8", "replace")))
-            args += [listed, f"{self.prefix}sk:{s.source_id}", payload, ttl]
+            name = _field(s.event, s.type, s.field)
+            listed = f"{self.prefix}s:{s.source_id}:{xxh3_64_hexdigest(name.encode())}"
+            member = s.at_ms.to_bytes(8, "big") + s.payload  # distinct per time and payload
+            args += [listed, f"{self.prefix}sk:{s.source_id}", name, s.at_ms, member, ttl]
         return bool(self._script(keys=[], args=args))
 
     def _hashes(self, kind: str, source_id: str, from_ms: int, to_ms: int, grain: int) -> Any:
@@ -100,7 +112,7 @@ class RedisAccountingStore:
             first += grain
         buckets = range(first, to_ms, grain)
         if len(buckets) > MAX_BUCKETS:
-            raise ValueError(f"at most {MAX_BUCKETS} buckets per query")
+            raise ViewError(f"at most {MAX_BUCKETS} buckets per query; narrow from/to")
         pipe = self.client.pipeline(transaction=False)
         for bucket in buckets:
             pipe.hgetall(self._bucket_key(kind, source_id, grain, bucket))
@@ -110,7 +122,7 @@ class RedisAccountingStore:
         rows = []
         for bucket, fields in self._hashes("o", source_id, from_ms, to_ms, grain):
             for name, n in fields.items():
-                stage, outcome, reason = name.decode().split(SEP)
+                stage, outcome, reason = _parts(name)
                 rows.append(OutcomeRow(bucket, stage, outcome, reason, int(n)))
         rows.sort(key=lambda r: (r.bucket_ms, r.stage, r.outcome, r.reason))
         return rows
@@ -121,22 +133,22 @@ class RedisAccountingStore:
         totals: dict[tuple[str, str, str], int] = {}
         for _bucket, fields in self._hashes("v", source_id, from_ms, to_ms, grain):
             for name, n in fields.items():
-                event, vtype, vfield = name.decode().split(SEP)
+                event, vtype, vfield = _parts(name)
                 totals[(event, vtype, vfield)] = totals.get((event, vtype, vfield), 0) + int(n)
         return [ViolationRow(e, t, f, n) for (e, t, f), n in totals.items()]
 
     def samples(self, source_id: str) -> list[SampleRow]:
-        lists = sorted(self.client.smembers(f"{self.prefix}sk:{source_id}"))
+        index = self.client.hgetall(f"{self.prefix}sk:{source_id}")
+        sets = sorted(index)
         pipe = self.client.pipeline(transaction=False)
-        for name in lists:
-            pipe.lrange(name, 0, -1)
+        for name in sets:
+            pipe.zrange(name, 0, -1)
         rows = []
-        head = len(f"{self.prefix}s:{source_id}:")
-        for name, entries in zip(lists, pipe.execute(), strict=True):
-            event, vtype, vfield = name.decode()[head:].split(SEP)
-            for entry in entries:
-                at_ms, payload = entry.decode().split(SEP, 1)
-                rows.append(SampleRow(event, vtype, vfield, int(at_ms), payload.encode()))
+        for name, members in zip(sets, pipe.execute(), strict=True):
+            event, vtype, vfield = _parts(index[name])
+            for member in members:
+                at_ms = int.from_bytes(member[:8], "big")
+                rows.append(SampleRow(event, vtype, vfield, at_ms, bytes(member[8:])))
         rows.sort(key=lambda r: -r.at_ms)
         return rows
 

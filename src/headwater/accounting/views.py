@@ -15,6 +15,8 @@ GRANULARITIES = {"minute": MINUTE_MS, "hour": HOUR_MS, "day": DAY_MS}
 DEFAULT_SPAN = {"minute": HOUR_MS, "hour": DAY_MS, "day": 30 * DAY_MS}
 WINDOWS = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS}
 MAX_POINTS = 10_000
+MAX_BUCKETS = 20_000  # stored rows (minutes or hours) one query may read
+LATEST_MS = 253_402_300_800_000  # 10000-01-01
 
 # How outcomes add up into the overview's summary (Segment's Delivery Overview steps).
 SUMMARY = {
@@ -36,19 +38,21 @@ def iso(ms: int) -> str:
 
 
 def parse_time(value: str, what: str) -> int:
-    """Milliseconds from ISO 8601 (naive means UTC) or Unix seconds."""
+    """Milliseconds from ISO 8601 (naive means UTC) or Unix seconds (year 1970 to 9999)."""
     text = value.strip()
     try:
-        return int(float(text) * 1000)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ViewError(f"{what}: not a time: {value!r} (ISO 8601 or Unix seconds)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+        ms = int(float(text) * 1000)
+    except (ValueError, OverflowError):
+        try:
+            dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ViewError(f"{what}: not a time: {value!r} (ISO 8601 or Unix seconds)") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ms = int(dt.timestamp() * 1000)
+    if not 0 <= ms < LATEST_MS:
+        raise ViewError(f"{what}: {value!r} is out of range (1970 to 9999)")
+    return ms
 
 
 def overview(
@@ -73,6 +77,8 @@ def overview(
     if (to_ms - from_ms) // step > MAX_POINTS:
         raise ViewError(f"at most {MAX_POINTS} {granularity}s per query; narrow from/to")
     grain = MINUTE_MS if step == MINUTE_MS else HOUR_MS
+    if (to_ms - from_ms) // grain > MAX_BUCKETS:
+        raise ViewError(f"at most {MAX_BUCKETS:,} {'minutes' if grain == MINUTE_MS else 'hours'}")
     series: dict[tuple[int, str, str, str], int] = {}
     for row in store.outcomes(source["id"], from_ms, to_ms, grain):
         key = (row.bucket_ms - row.bucket_ms % step, row.stage, row.outcome, row.reason)
