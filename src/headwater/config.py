@@ -244,10 +244,29 @@ def _check(config: Config) -> None:
                 seen_keys.add(key)
 
 
-def check_plan(workspace: str, plan: TrackingPlanConfig) -> None:
-    """Every rule of a plan must compile as a JSON Schema."""
+def _no_remote_ref(uri: str) -> Any:
+    raise ValueError(f"$ref to {uri!r}: a rule can only refer to itself (no remote schemas)")
+
+
+# fastjsonschema fetches remote `$ref`s with urlopen unless a handler answers for the scheme
+_REF_HANDLERS = {scheme: _no_remote_ref for scheme in ("http", "https", "file", "ftp", "data")}
+
+
+def compile_schema(schema: Any) -> Any:
+    """A compiled validator for `schema` (never fetches anything); ValueError if it is not a
+    usable JSON Schema."""
     import fastjsonschema
 
+    try:
+        return fastjsonschema.compile(schema, handlers=_REF_HANDLERS)
+    except ValueError:
+        raise
+    except Exception as exc:  # fastjsonschema raises what it meets: TypeError, re.error, ...
+        raise ValueError(f"{type(exc).__name__}: {exc}") from None
+
+
+def check_plan(workspace: str, plan: TrackingPlanConfig) -> None:
+    """Every rule of a plan must compile as a JSON Schema."""
     r = plan.rules
     named = {f"track {e!r}": schema for e, schema in r.track.items()}
     for kind in ("common", "identify", "group", "page", "screen"):
@@ -255,8 +274,8 @@ def check_plan(workspace: str, plan: TrackingPlanConfig) -> None:
             named[kind] = getattr(r, kind)
     for what, schema in named.items():
         try:
-            fastjsonschema.compile(schema)
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
+            compile_schema(schema)
+        except ValueError as exc:
             raise ValueError(
                 f"tracking plan {plan.name!r} of workspace {workspace!r}: the {what} rule is "
                 f"not a valid JSON Schema: {exc}"

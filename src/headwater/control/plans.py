@@ -87,11 +87,18 @@ class PlanCatalog:
             check_plan(ws.name, TrackingPlanConfig(name, plan_rules))
         except (msgspec.ValidationError, ValueError) as exc:
             raise ControlError(f"invalid rules: {exc}", code="validation_error") from None
-        with self.store.transaction():
-            self.store.conn.execute(
-                "INSERT OR REPLACE INTO tracking_plans VALUES(?,?,?,?,?)",
-                (ws.id, name, msgspec.json.encode(plan_rules).decode(), managed_by, now_ms()),
-            )
+        text = msgspec.json.encode(plan_rules).decode()
+        same = self.store.conn.execute(
+            "SELECT 1 FROM tracking_plans WHERE workspace_id=? AND name=? AND rules=? "
+            "AND managed_by=?",
+            (ws.id, name, text, managed_by),
+        ).fetchone()
+        if not same:  # an unchanged plan keeps its version (no reload in the processor)
+            with self.store.transaction():
+                self.store.conn.execute(
+                    "INSERT OR REPLACE INTO tracking_plans VALUES(?,?,?,?,?)",
+                    (ws.id, name, text, managed_by, now_ms()),
+                )
         return self.get(ws.name, name)
 
     def get(self, workspace: str, name: str) -> TrackingPlan:
@@ -157,11 +164,15 @@ class PlanCatalog:
                     f"cannot forward to {target!r}: workspace {src.workspace!r} has no such source",
                     code="validation_error",
                 )
-        with self.store.transaction():
-            self.store.conn.execute(
-                "INSERT OR REPLACE INTO source_plans VALUES(?,?,?,?)",
-                (src.id, plan, msgspec.json.encode(enforcement).decode(), managed_by),
-            )
+        row = (src.id, plan, msgspec.json.encode(enforcement).decode(), managed_by)
+        same = self.store.conn.execute(
+            "SELECT 1 FROM source_plans WHERE source_id=? AND plan=? AND enforcement=? "
+            "AND managed_by=?",
+            row,
+        ).fetchone()
+        if not same:
+            with self.store.transaction():
+                self.store.conn.execute("INSERT OR REPLACE INTO source_plans VALUES(?,?,?,?)", row)
         found = self.connection(src.id)
         assert found is not None
         return found

@@ -24,10 +24,10 @@ from typing import Any
 import fastjsonschema
 import msgspec
 
-from headwater.config import Config, Enforcement, TrackingPlanConfig
+from headwater.config import Config, Enforcement, TrackingPlanConfig, compile_schema
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import stable_id
-from headwater.events.stamp import decode_stamp
+from headwater.events.stamp import decode_stamp, encode_stamp
 from headwater.processing.runtime import Item
 
 BLOCKED = "blocked"
@@ -52,7 +52,7 @@ class CompiledPlan:
 
 
 def compile_plan(plan: TrackingPlanConfig) -> CompiledPlan:
-    """Compile every schema of `plan` (raises `fastjsonschema.JsonSchemaDefinitionException`)."""
+    """Compile every schema of `plan` (ValueError if one is not a usable JSON Schema)."""
     r = plan.rules
     schemas: dict[str, dict[str, Any]] = {f"track:{e}": s for e, s in r.track.items()}
     for kind in ("identify", "group", "page", "screen"):
@@ -61,8 +61,8 @@ def compile_plan(plan: TrackingPlanConfig) -> CompiledPlan:
             schemas[kind] = schema
     return CompiledPlan(
         plan.name,
-        fastjsonschema.compile(r.common) if r.common is not None else None,
-        {key: fastjsonschema.compile(s) for key, s in schemas.items()},
+        compile_schema(r.common) if r.common is not None else None,
+        {key: compile_schema(s) for key, s in schemas.items()},
         {key: _declared(key, s) for key, s in schemas.items()},
     )
 
@@ -156,7 +156,7 @@ class TrackingPlans:
         msg, kind, label, violations = checked
         if violations:
             item.violations = [(label, v["type"], v["field"]) for v in violations]
-        if violations or item.outcome:
+        if violations or item.outcome or item.message is not original:
             item.original = original
         if planned.forward_violations is not None and violations:
             target = planned.forward_violations
@@ -275,12 +275,23 @@ def violation_events(
             Item(
                 target,
                 msgspec.json.encode(event),
-                stamp=item.stamp,
+                stamp=_without_path_type(item.stamp),
                 position=item.position,
                 via=VIOLATION_GENERATED_VIA,
             )
         )
     return made
+
+
+def _without_path_type(stamp: bytes | None) -> bytes | None:
+    """The request's stamp for a message of another type than its path implies (a
+    `Violation Generated` track event made from a `/v1/identify` call stays a track event)."""
+    if stamp is None:
+        return None
+    decoded = decode_stamp(stamp)
+    if decoded.path_type is None:
+        return stamp
+    return encode_stamp(msgspec.structs.replace(decoded, path_type=None))
 
 
 def _omit(msg: dict[str, Any], path: list[str]) -> bool:

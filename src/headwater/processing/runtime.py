@@ -313,10 +313,12 @@ class StageRunner:
                 units = [batches] if spec.merge_units else [[b] for b in batches]
                 processed = [(unit, await self.process(unit)) for unit in units]
                 for unit, items in processed:  # in order: a later mark must not pass a failure
+                    # counted first: a restart may skip to the output's producer mark, past
+                    # units it would otherwise never count (both are idempotent by position)
+                    await self._account(partition, unit, items)
                     await spec.sink.append(
                         outputs_of(items, spec.sink.partitions), producer, unit[-1].end_offset
                     )
-                    await self._account(partition, unit, items)
             if not spec.holds(partition) or self._tasks.get(partition) is not me:
                 return  # lost the lease or revoked meanwhile: the next owner commits
             end = batches[-1].end_offset
