@@ -367,7 +367,7 @@ def test_a_new_source_has_an_empty_overview_and_no_violations(server: HeadwaterS
     assert violations["source"] == found["source"]
 
 
-@pytest.mark.parametrize("window", ["2h", "1d", "24H", "forever"])
+@pytest.mark.parametrize("window", ["2h", "1d", "24H", "forever", ""])
 def test_violations_with_a_bad_window_are_400(server: HeadwaterServer, window: str) -> None:
     r = admin(server, "GET", "/sources/test%2Fweb/violations", params={"window": window})
     body = assert_error(r, 400, "validation_error")
@@ -383,6 +383,8 @@ def test_violations_with_a_bad_window_are_400(server: HeadwaterServer, window: s
         {"to": "soon"},
         {"from": "2024-05-02T00:00:00Z", "to": "2024-05-01T00:00:00Z"},
         {"from": "0", "granularity": "minute"},  # far too many points
+        {"granularity": ""},  # given empty is not the default
+        {"from": ""},
     ],
 )
 def test_overview_with_a_bad_query_is_400(server: HeadwaterServer, params: dict[str, str]) -> None:
