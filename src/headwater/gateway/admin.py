@@ -95,7 +95,9 @@ class AdminApi:
             # /sources/<ws>%2F<name>/... arrives decoded as /sources/<ws>/<name>/...
             parts = ["sources", f"{parts[1]}/{parts[2]}", *parts[3:]]
         try:
-            status, result = self._route(method, parts, parse_qs(query, keep_blank_values=True), body)
+            status, result = self._route(
+                method, parts, parse_qs(query, keep_blank_values=True), body
+            )
         except ControlError as exc:
             raise HttpError(exc.status, exc.code, str(exc)) from None
         except ViewError as exc:
