@@ -6,7 +6,6 @@ design: SQLite drops rows in `expire`, Redis gives every key its own expiry.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from headwater.accounting.tally import (
     SAMPLES_PER_VIOLATION,
     Tally,
 )
+from tests.support.redis import REDIS_URL, redis_prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = 1_699_999_200_000  # 2023-11-14T22:00:00Z, a whole hour
 SECOND_MS = 1_000
 RETENTION = Retention(minute_ms=2 * HOUR_MS, hour_ms=10 * DAY_MS)
@@ -57,15 +56,10 @@ class RedisBackend:
 
 @pytest.fixture
 def redis_backend() -> Iterator[RedisBackend]:
-    prefix = f"hwtest-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    store = RedisAccountingStore(redis.Redis.from_url(REDIS_URL), prefix, RETENTION)
-    yield RedisBackend(store, client, prefix)
-    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    store.close()
-    client.close()
+    with redis_prefix() as (client, prefix):
+        store = RedisAccountingStore(redis.Redis.from_url(REDIS_URL), prefix, RETENTION)
+        yield RedisBackend(store, client, prefix)
+        store.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -75,14 +69,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Accounting
         yield s
         s.close()
         return
-    prefix = f"hwtest-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    s = RedisAccountingStore(client, prefix, RETENTION)
-    yield s
-    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    s.close()
+    with redis_prefix() as (client, prefix):
+        yield RedisAccountingStore(client, prefix, RETENTION)
 
 
 def received(source: str, at_ms: int, n: int = 1) -> Tally:

@@ -3,21 +3,19 @@ store with a fixed clock."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from headwater.accounting import views
 from headwater.accounting.redis_store import RedisAccountingStore
 from headwater.accounting.store import AccountingStore, Retention, SqliteAccountingStore
 from headwater.accounting.tally import DAY_MS, HOUR_MS, MINUTE_MS, SAMPLE_MAX_BYTES, Tally
+from tests.support.redis import redis_prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 RETENTION = Retention(minute_ms=48 * HOUR_MS, hour_ms=90 * DAY_MS)
 SOURCE = {"id": "src_web", "workspace": "acme", "name": "web"}
 OTHER = {"id": "src_app", "workspace": "acme", "name": "app"}
@@ -328,14 +326,8 @@ def test_a_time_out_of_range_raises_a_view_error(
 
 @pytest.fixture
 def redis_store() -> Iterator[RedisAccountingStore]:
-    prefix = f"hwtest-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    s = RedisAccountingStore(client, prefix, RETENTION)
-    yield s
-    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    s.close()
+    with redis_prefix() as (client, prefix):
+        yield RedisAccountingStore(client, prefix, RETENTION)
 
 
 def test_a_day_overview_answers_on_redis_as_on_sqlite(

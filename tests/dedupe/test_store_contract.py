@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
 from headwater.processing.dedupe.store import DedupeStore, SqliteDedupeStore
+from tests.support.redis import redis_prefix
 
 WINDOW_MS = 10_000
 T0 = 1_700_000_000_000
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -24,14 +22,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DedupeStor
         yield s
         s.close()
         return
-    prefix = f"hwtest-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    s = RedisDedupeStore(client, prefix, WINDOW_MS)
-    yield s
-    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    s.close()
+    with redis_prefix() as (client, prefix):
+        yield RedisDedupeStore(client, prefix, WINDOW_MS)
 
 
 def test_first_claim_is_not_a_duplicate_and_another_position_is(store: DedupeStore) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from tests.processing._helpers import caught_up, id_counts, jetstream_prefix, re
 from tests.processing._helpers import write_input as write_run
 from tests.processing.test_processor_jetstream import PARTITIONS, Processor, logs, stop_all
 from tests.support.jetstream import jetstream_config
+from tests.support.redis import REDIS_URL, redis_prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 WEB = stable_id("src", "dist", "web")
 
 
@@ -58,10 +57,7 @@ def msg(mid: str, event: str = "Planned") -> bytes:
 
 
 def test_two_processors_share_claims_and_accounting_in_redis(tmp_path: Path) -> None:
-    state_prefix = f"hwtest-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL)
-
-    async def main(log_prefix: str) -> None:
+    async def main(client: redis.Redis, state_prefix: str, log_prefix: str) -> None:
         path = tmp_path / "headwater.yaml"
         path.write_text(config_text(log_prefix, state_prefix))
         config = load_config(path)
@@ -114,11 +110,5 @@ def test_two_processors_share_claims_and_accounting_in_redis(tmp_path: Path) -> 
             finally:
                 await stop_all(*procs)
 
-    try:
-        with jetstream_prefix() as log_prefix:
-            asyncio.run(main(log_prefix))
-    finally:
-        keys = list(client.scan_iter(f"{state_prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    with redis_prefix() as (client, state_prefix), jetstream_prefix() as log_prefix:
+        asyncio.run(main(client, state_prefix, log_prefix))
