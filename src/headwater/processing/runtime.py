@@ -28,6 +28,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from operator import attrgetter
 from pathlib import Path
 from typing import Protocol
@@ -80,6 +81,8 @@ class Step(Protocol):
 
 
 _outcome_of = attrgetter("source_id", "outcome", "reason")
+_accounted = attrgetter("source_id", "stamp", "outcome", "reason", "via")
+_violations_of = attrgetter("violations")
 
 
 class StageMetrics:
@@ -149,11 +152,11 @@ def tally_items(stage: str, items: Sequence[Item], after: int | None = None) -> 
     """The accounting of a unit: each item `received` at ingest (in the minute its request
     arrived) and its outcome at `stage`, plus the violations it carries; with `after`, only
     items of input batches ending after that offset."""
+    if after is not None:
+        items = [i for i in items if int(i.position.split(":")[1]) > after]
     counts: Counter[tuple[str, bytes | None, str, str, str]] = Counter()
-    for item in items:
-        if after is not None and int(item.position.split(":")[1]) <= after:
-            continue
-        counts[(item.source_id, item.stamp, item.outcome or PROCESSED, item.reason, item.via)] += 1
+    for key, run in groupby(map(_accounted, items)):  # items come in runs of one request
+        counts[key] += len(list(run))
     tally = Tally()
     now = now_ms()
     minutes: dict[bytes | None, int] = {None: now}
@@ -162,13 +165,12 @@ def tally_items(stage: str, items: Sequence[Item], after: int | None = None) -> 
         if at is None:
             at = minutes[stamp] = _received_ms(stamp, now)
         tally.outcome(source_id, at, INGEST, RECEIVED, via, n)
-        tally.outcome(source_id, at, stage, outcome, reason, n)
-    for item in items:
-        if item.violations and (after is None or int(item.position.split(":")[1]) > after):
-            at = minutes.get(item.stamp, now)
-            payload = item.original or item.message
-            for event, vtype, vfield in item.violations:
-                tally.violation(item.source_id, at, event, vtype, vfield, payload)
+        tally.outcome(source_id, at, stage, outcome or PROCESSED, reason, n)
+    for item in filter(_violations_of, items):
+        at = minutes.get(item.stamp, now)
+        payload = item.original or item.message
+        for event, vtype, vfield in item.violations or ():
+            tally.violation(item.source_id, at, event, vtype, vfield, payload)
     return tally
 
 
