@@ -30,6 +30,7 @@ import nats
 from payloads import batch_body
 
 from headwater.config import Config
+from headwater.control.store import stable_id
 from headwater.events.stamp import Stamp, encode_stamp
 from headwater.events.stored import records_of_run
 from headwater.log.factory import open_logs
@@ -39,7 +40,7 @@ from headwater.processing.runtime import Item, outputs_of
 from headwater.processing.steps import ProfileKey
 
 NATS_URL = "nats://127.0.0.1:4222"
-SOURCE_ID = "src_bench"
+SOURCE_ID = stable_id("src", "bench", "bench")  # the id the control plane gives it
 TEMPLATE_BATCHES = 10  # 10 x 100 distinct messages, repeated with fresh messageIds
 # Per log (divided among its partition streams). JetStream reserves a stream's max_bytes in the
 # server's file store when the stream is created: the default (20GB per log) would reserve 40GB

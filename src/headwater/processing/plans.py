@@ -28,6 +28,7 @@ from headwater.config import Config, Enforcement, TrackingPlanConfig, compile_sc
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import stable_id
 from headwater.events.stamp import decode_stamp, encode_stamp
+from headwater.processing.plan_fields import FieldChecks, field_checks
 from headwater.processing.runtime import Item
 
 BLOCKED = "blocked"
@@ -49,6 +50,7 @@ class CompiledPlan:
     common: Validator | None
     rules: dict[str, Validator]  # "track:<event>", "identify", "group", "page", "screen"
     declared: dict[str, set[str] | None] = field(default_factory=dict)  # None: any
+    checks: FieldChecks | None = None  # the short path, when the rules allow one
 
 
 def compile_plan(plan: TrackingPlanConfig) -> CompiledPlan:
@@ -64,6 +66,7 @@ def compile_plan(plan: TrackingPlanConfig) -> CompiledPlan:
         compile_schema(r.common) if r.common is not None else None,
         {key: compile_schema(s) for key, s in schemas.items()},
         {key: _declared(key, s) for key, s in schemas.items()},
+        field_checks(r.common, schemas),
     )
 
 
@@ -149,6 +152,8 @@ class TrackingPlans:
         items.extend(made)
 
     def _enforce(self, item: Item, planned: SourcePlan, made: list[Item]) -> None:
+        if planned.plan.checks is not None and self._passes(item, planned):
+            return  # the common case: nothing to record, nothing to change
         original = item.message
         checked = self._check(item, planned)
         if checked is None:
@@ -171,6 +176,29 @@ class TrackingPlans:
                     via=FORWARDED,
                 )
             )
+
+    def _passes(self, item: Item, planned: SourcePlan) -> bool:
+        """Whether the item passes its plan as it is, from the fields the rules name (False
+        also when unsure: `_check` then looks at the whole message)."""
+        plan, mode, checks = planned.plan, planned.enforcement, planned.plan.checks
+        assert checks is not None
+        read = checks.read(item.message)
+        if read is None:
+            return False
+        kind = checks.field(read, "type")
+        if kind is None and item.stamp is not None:
+            kind = decode_stamp(item.stamp).path_type
+        key = f"track:{checks.field(read, 'event')}" if kind == "track" else str(kind)
+        if key not in plan.rules:
+            if kind == "track" and mode.unplanned_events == "block":
+                return False
+            return checks.passes(read, None)
+        declared = plan.declared.get(key)
+        bag = checks.field(read, _bag(key))
+        omit = mode.unplanned_properties == "omit" and declared is not None
+        if omit and isinstance(bag, dict) and bag.keys() - declared:  # type: ignore[operator]
+            return False
+        return checks.passes(read, key)
 
     def _check(
         self, item: Item, planned: SourcePlan

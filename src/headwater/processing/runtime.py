@@ -72,7 +72,9 @@ class Step(Protocol):
     """One processing step: looks at every item of a unit, may set keys or stop items.
 
     A step is a pure function of the items and its own state; state it keeps must be keyed by
-    `messageId` so that seeing a message again (a replay) has no second effect.
+    `messageId` so that seeing a message again (a replay) has no second effect. A step that
+    waits on I/O may also have `async run(items)`, which the stage awaits instead, letting
+    another partition's unit use the CPU meanwhile.
     """
 
     name: str
@@ -242,7 +244,11 @@ class StageRunner:
             for i, record in enumerate(batch.records)
         ]
         for step in self.spec.steps:
-            step(items)
+            run = getattr(step, "run", None)
+            if run is not None:
+                await run(items)
+            else:
+                step(items)
         return items
 
     async def _run_partition(self, partition: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -37,6 +38,19 @@ class Dedupe:
         self.clock_ms = clock_ms
 
     def __call__(self, items: list[Item]) -> None:
+        todo, claims = self._claims(items)
+        if claims:
+            self._settle(todo, self.store.claim(claims, self.clock_ms()))
+
+    async def run(self, items: list[Item]) -> None:
+        """`__call__` with the store's work in a thread, so that the stage can go on with
+        another partition's unit meanwhile (SQLite and Redis wait without the GIL)."""
+        todo, claims = self._claims(items)
+        if claims:
+            self._settle(todo, await asyncio.to_thread(self.store.claim, claims, self.clock_ms()))
+
+    @staticmethod
+    def _claims(items: list[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
         todo: list[Item] = []
         claims: list[tuple[str, str]] = []
         decode = _id.decode
@@ -51,8 +65,10 @@ class Dedupe:
                 continue  # the gateway gives every message an id; nothing to match on
             todo.append(item)
             claims.append((str(mid), item.position))
-        if not claims:
-            return
-        for item, duplicate in zip(todo, self.store.claim(claims, self.clock_ms()), strict=True):
+        return todo, claims
+
+    @staticmethod
+    def _settle(todo: list[Item], duplicates: list[bool]) -> None:
+        for item, duplicate in zip(todo, duplicates, strict=True):
             if duplicate:
                 item.stop(DUPLICATE, REASON)

@@ -10,6 +10,7 @@ keeps its index on disk (the page cache is capped), Redis expires keys by itself
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -50,8 +51,13 @@ class SqliteDedupeStore:
             "id TEXT PRIMARY KEY, position TEXT NOT NULL, ms INTEGER NOT NULL) WITHOUT ROWID"
         )
         self._conn.execute("CREATE INDEX IF NOT EXISTS claims_by_age ON claims(ms)")
+        self._lock = threading.Lock()
 
     def claim(self, claims: list[tuple[str, str]], now_ms: int) -> list[bool]:
+        with self._lock:  # one connection, used from the stage's worker threads
+            return self._claim(claims, now_ms)
+
+    def _claim(self, claims: list[tuple[str, str]], now_ms: int) -> list[bool]:
         oldest = now_ms - self.window_ms
         result: list[bool] = []
         conn = self._conn
@@ -105,11 +111,13 @@ class SqliteDedupeStore:
         return result
 
     def expire(self, now_ms: int) -> int:
-        cur = self._conn.execute("DELETE FROM claims WHERE ms < ?", (now_ms - self.window_ms,))
-        return cur.rowcount
+        with self._lock:
+            cur = self._conn.execute("DELETE FROM claims WHERE ms < ?", (now_ms - self.window_ms,))
+            return cur.rowcount
 
     def count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM claims").fetchone()[0])
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM claims").fetchone()[0])
 
     def close(self) -> None:
         self._conn.close()
