@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dedupe.py [--ids 10000000] [--redis-ids 1000000]
 
-(1) The SQLite store (embedded): claims `--ids` distinct messageIds (UUID-shaped, 36 bytes), in
+(1) The SQLite store (embedded): claims `--ids` distinct random UUID v4 messageIds, in
     chunks of 10,000 as the processor does, and reports the process's resident memory before
     and after (VmRSS) and per remembered id, the file size on disk, and claims per second.
 (2) The Redis store on the real server: claims `--redis-ids` ids and reports the server's
@@ -13,6 +13,7 @@ Baseline for the ratio: a Python `set` holding the same ids (what "remember them
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import tempfile
 import time
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import redis
 
+from headwater.processing.dedupe import SqliteDedupeStore
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
-from headwater.processing.dedupe.store import SqliteDedupeStore
 
 CHUNK = 10_000
 MAX_BYTES_PER_ID = 64.0  # the bar: RAM per remembered messageId at 10 million ids
@@ -36,7 +37,14 @@ def rss_bytes() -> int:
 
 
 def ids(n: int, salt: int) -> list[str]:
-    return [f"{salt:08x}-0000-4000-8000-{i:012x}" for i in range(n)]
+    """`n` random version-4 UUIDs, as client libraries make messageIds (random, so that no
+    store gets to insert them in order)."""
+    rng = random.Random(salt)
+    out = []
+    for _ in range(n):
+        h = f"{rng.getrandbits(128):032x}"
+        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}")
+    return out
 
 
 def bench_sqlite(n: int) -> dict[str, float]:

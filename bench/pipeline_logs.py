@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -205,12 +206,15 @@ def _templates() -> tuple[list[tuple[bytes, bytes]], bytes]:
 
 
 def stored_messages(n: int, salt: int = 0) -> Iterator[bytes]:
-    """`n` messages as the gateway stores them (as sent), each with a unique messageId."""
+    """`n` messages as the gateway stores them (as sent), each with a unique messageId: a
+    random UUID v4, as client libraries make them (ids in order would flatter a store)."""
     templates, _stamp = _templates()
     k = len(templates)
+    rng = random.Random(salt)
     for i in range(n):
         before, after = templates[i % k]
-        yield b"%s%08x-0000-4000-8000-%012x%s" % (before, salt, i, after)
+        h = b"%032x" % rng.getrandbits(128)
+        yield b"%s%s-%s-4%s-a%s-%s%s" % (before, h[:8], h[8:12], h[13:16], h[17:20], h[20:], after)
 
 
 def sample_message() -> dict[str, Any]:

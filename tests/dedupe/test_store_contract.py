@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from headwater.processing.dedupe import DedupeStore, SqliteDedupeStore
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
-from headwater.processing.dedupe.store import DedupeStore, SqliteDedupeStore
 from tests.support.redis import redis_prefix
 
 WINDOW_MS = 10_000

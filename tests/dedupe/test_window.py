@@ -8,8 +8,8 @@ from pathlib import Path
 
 import redis
 
+from headwater.processing.dedupe import SqliteDedupeStore
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
-from headwater.processing.dedupe.store import SqliteDedupeStore
 
 T0 = 1_700_000_000_000
 

@@ -1,0 +1,141 @@
+"""The embedded dedupe store: claims appended to a SQLite table, found by fingerprint.
+
+Real messageIds are random (UUID v4), and a B-tree keyed by a random value writes a page per
+insert once it outgrows its cache. So claims are appended in arrival order (rows numbered by
+the store: sequential writes, one small row each) and found through a `FingerprintIndex` in RAM
+(16 bytes per claim). The disk is read only when a fingerprint matches (a duplicate, a replay,
+or a fingerprint collision, which comparing the stored id tells apart). Claims older than the
+window go in row order: rows are appended in time order, and the store remembers, per call,
+its first row and time.
+
+WAL with `synchronous=NORMAL`: a claim lost to a power loss only lets a replayed duplicate
+through once; it never makes a message a duplicate.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from headwater.processing.dedupe.fingerprints import FingerprintIndex, fingerprint
+
+LOAD_CHUNK = 100_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims_log(
+    row INTEGER PRIMARY KEY, fp INTEGER NOT NULL, id TEXT NOT NULL,
+    position TEXT NOT NULL, ms INTEGER NOT NULL);
+"""
+
+
+class SqliteDedupeStore:
+    """Claims on disk in one SQLite file, looked up through fingerprints in RAM."""
+
+    def __init__(self, path: Path, window_ms: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.window_ms = window_ms
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()  # one connection, used from the stage's worker threads
+        self._index = FingerprintIndex()
+        self._starts: list[tuple[int, int]] = []  # (first row, ms) of each call, in row order
+        self._next_row = 1
+        self._load()
+
+    def _load(self) -> None:
+        """Rebuild the fingerprints and the calls' first rows from the table."""
+        blocks: list[np.ndarray] = []
+        cursor = self._conn.execute("SELECT fp, row, ms FROM claims_log ORDER BY row")
+        while chunk := cursor.fetchmany(LOAD_CHUNK):
+            blocks.append(np.array(chunk, np.int64))
+        if not blocks:
+            return
+        table = np.concatenate(blocks)
+        fps, rows, ms = table[:, 0], table[:, 1], table[:, 2]
+        firsts = np.concatenate(([0], np.flatnonzero(np.diff(ms)) + 1))  # a call's rows share ms
+        self._starts = list(zip(rows[firsts].tolist(), ms[firsts].tolist(), strict=True))
+        self._next_row = int(rows[-1]) + 1
+        self._index.load(fps, rows)
+
+    def claim(self, claims: list[tuple[str, str]], now_ms: int) -> list[bool]:
+        with self._lock:
+            return self._claim(claims, now_ms)
+
+    def _claim(self, claims: list[tuple[str, str]], now_ms: int) -> list[bool]:
+        oldest = now_ms - self.window_ms
+        fps = [fingerprint(mid) for mid, _pos in claims]
+        maybe = self._index.candidates(fps)
+        owners: dict[str, str] = {}  # id -> the position that holds it, as of this call
+        stale: list[int] = []  # rows claimed before the window, claimed anew now
+        new: list[tuple[int, int, str, str, int]] = []
+        result: list[bool] = []
+        for i, (mid, position) in enumerate(claims):
+            owner = owners.get(mid)
+            rows = maybe.get(i)
+            if owner is None and rows:
+                found = self._stored(rows, mid)
+                if found is not None and found[2] >= oldest:
+                    owner = owners[mid] = found[1]
+                elif found is not None:
+                    stale.append(found[0])
+            if owner is not None:
+                result.append(owner != position)
+                continue
+            owners[mid] = position
+            new.append((self._next_row + len(new), fps[i], mid, position, now_ms))
+            result.append(False)
+        if new or stale:
+            self._write(new, stale, now_ms)
+        return result
+
+    def _stored(self, rows: list[int], message_id: str) -> tuple[int, str, int] | None:
+        """(row, position, ms) of the claim of `message_id` among `rows`, if one holds it."""
+        marks = ",".join("?" * len(rows))
+        found = self._conn.execute(
+            f"SELECT row, position, ms FROM claims_log WHERE row IN ({marks}) AND id = ? "  # noqa: S608 - placeholders only
+            "ORDER BY row DESC LIMIT 1",
+            [*rows, message_id],
+        ).fetchone()
+        return None if found is None else (found[0], found[1], found[2])
+
+    def _write(self, new: list[tuple[int, int, str, str, int]], stale: list[int], ms: int) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM claims_log WHERE row = ?", [(r,) for r in stale])
+            conn.executemany("INSERT INTO claims_log VALUES(?,?,?,?,?)", new)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if new:
+            self._starts.append((new[0][0], ms))
+            self._next_row = new[-1][0] + 1
+            self._index.add([c[1] for c in new], [c[0] for c in new])
+
+    def expire(self, now_ms: int) -> int:
+        """Delete the claims of calls older than the window (whole calls, in row order; a
+        claim kept longer is harmless: its time is checked when it is found)."""
+        with self._lock:
+            cutoff_ms = now_ms - self.window_ms
+            old = bisect.bisect_left(self._starts, cutoff_ms, key=lambda start: start[1])
+            if old == 0:
+                return 0
+            below = self._next_row if old == len(self._starts) else self._starts[old][0]
+            cur = self._conn.execute("DELETE FROM claims_log WHERE row < ?", (below,))
+            del self._starts[:old]
+            self._index.drop_rows_below(below)
+            return cur.rowcount
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM claims_log").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
