@@ -24,7 +24,17 @@ _NAMED_ONLY = {"type", "properties", "required", "title", "description", "$schem
 # Fields the plan step reads to choose a rule and to find unplanned properties.
 ROUTING = ("type", "event", "properties", "traits")
 
-Check = tuple[int, Any, bool]  # position in the decoded tuple, validator (None: any), required
+# position in the decoded tuple, validator (None: any), required, and for a schema that only
+# names types: the Python types it accepts and whether `bool` is one of them (checked inline)
+Check = tuple[int, Any, bool, tuple[type, ...] | None, bool]
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "null": (type(None),),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list, tuple),
+    "number": (int, float),  # as JSON Schema has it: not booleans (see `passes`)
+}
 
 
 @dataclass(frozen=True)
@@ -50,13 +60,16 @@ class FieldChecks:
     def passes(self, read: tuple[Any, ...], rule_key: str | None) -> bool:
         """Whether the common rule and the rule `rule_key` (None: no rule) both pass."""
         checks = self.common if rule_key is None else self.common + self.rules[rule_key]
-        for index, validate, required in checks:
+        for index, validate, required, types, bools in checks:
             value = read[index]
             if value is UNSET:
                 if required:
                     return False
                 continue
-            if validate is not None:
+            if types is not None:  # {"type": ...} alone: no validator call
+                if not isinstance(value, types) or (type(value) is bool and not bools):
+                    return False
+            elif validate is not None:
                 try:
                     validate(value)
                 except Exception:  # any failure: the whole message is looked at
@@ -103,11 +116,24 @@ def _named_only(schema: Any) -> bool:
 def _checks(schema: dict[str, Any], position: dict[str, int]) -> tuple[Check, ...]:
     props: dict[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", []))
-    return tuple(
-        (
-            position[name],
-            compile_schema(props[name]) if name in props and props[name] != {} else None,
-            name in required,
+    checks: list[Check] = []
+    for name in sorted(set(props) | required):
+        sub = props.get(name, {})
+        types = _types_only(sub)
+        validate = None if types is not None or sub == {} else compile_schema(sub)
+        checks.append(
+            (position[name], validate, name in required, types, types is not None and bool in types)
         )
-        for name in sorted(set(props) | required)
-    )
+    return tuple(checks)
+
+
+def _types_only(schema: Any) -> tuple[type, ...] | None:
+    """The Python types a schema that only says `type` accepts (None: it says more, or names
+    `integer`, whose floats need a closer look)."""
+    if not isinstance(schema, dict) or set(schema) - {"type", "title", "description"}:
+        return None
+    named = schema.get("type")
+    names = [named] if isinstance(named, str) else named
+    if not isinstance(names, list) or not names or not all(n in _JSON_TYPES for n in names):
+        return None
+    return tuple(t for n in names for t in _JSON_TYPES[n])

@@ -24,6 +24,7 @@ import numpy as np
 from headwater.processing.dedupe.fingerprints import FingerprintIndex, fingerprint
 
 LOAD_CHUNK = 100_000
+INSERT_ROWS = 500  # rows per INSERT statement (5 variables each; SQLite allows 32766)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims_log(
@@ -109,7 +110,13 @@ class SqliteDedupeStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("DELETE FROM claims_log WHERE row = ?", [(r,) for r in stale])
-            conn.executemany("INSERT INTO claims_log VALUES(?,?,?,?,?)", new)
+            for start in range(0, len(new), INSERT_ROWS):  # a few big statements
+                rows = new[start : start + INSERT_ROWS]
+                values = ",".join(["(?,?,?,?,?)"] * len(rows))
+                conn.execute(
+                    f"INSERT INTO claims_log VALUES {values}",  # noqa: S608 - placeholders only
+                    [v for row in rows for v in row],
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
