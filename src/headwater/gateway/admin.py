@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 from urllib.parse import parse_qs
 
 import msgspec
+from redis import RedisError
 
 from headwater.accounting import AccountingStore, views
 from headwater.accounting.views import ViewError
@@ -102,6 +104,10 @@ class AdminApi:
             raise HttpError(exc.status, exc.code, str(exc)) from None
         except ViewError as exc:
             raise HttpError(400, "validation_error", str(exc)) from None
+        except (RedisError, sqlite3.OperationalError) as exc:  # the accounting store
+            raise HttpError(
+                503, "unavailable", f"the accounting store does not answer: {exc}"
+            ) from None
         except msgspec.ValidationError as exc:
             raise HttpError(400, "bad_request", f"invalid request body: {exc}") from None
         except msgspec.DecodeError as exc:
