@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -61,6 +61,7 @@ class Item(msgspec.Struct, gc=False):
     via: str = ""  # how a step made it: "" (read from the log), "forwarded", "violation_generated"
     violations: list[tuple[str, str, str]] | None = None  # (event, type, field) it broke
     original: bytes | None = None  # the message as read, when a step changed it
+    head: Any = None  # the message's ids, decoded once for the steps that need them (`routing`)
 
     def stop(self, outcome: str, reason: str) -> None:
         """End this item here: it is counted under `outcome`/`reason`, not written."""
@@ -97,9 +98,9 @@ class StageMetrics:
     def count(self, items: Sequence[Item]) -> None:
         """Count items that left the stage: those without an outcome were written out."""
         counts = self.counts
-        for (source_id, outcome, reason), n in Counter(map(_outcome_of, items)).items():
+        for (source_id, outcome, reason), run in groupby(map(_outcome_of, items)):
             key = (source_id, outcome or PROCESSED, reason)
-            counts[key] = counts.get(key, 0) + n
+            counts[key] = counts.get(key, 0) + len(list(run))
 
     def total(self, outcome: str | None = None) -> int:
         return sum(n for (_s, o, _r), n in self.counts.items() if outcome in (None, o))
@@ -238,9 +239,10 @@ class StageRunner:
                 record.message,
                 record.profile_key or "",
                 stamp=record.stamp,
-                position=f"{batch.partition}:{batch.end_offset}:{i}",
+                position=at + str(i),
             )
             for batch in batches
+            for at in (f"{batch.partition}:{batch.end_offset}:",)
             for i, record in enumerate(batch.records)
         ]
         for step in self.spec.steps:

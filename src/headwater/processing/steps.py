@@ -7,15 +7,27 @@ import msgspec
 from headwater.processing.runtime import FAILED, Item
 
 
-class _Routing(msgspec.Struct):
-    """The only fields of a stored message the profile key needs."""
+class Routing(msgspec.Struct, gc=False):
+    """The ids of a stored message: what dedupe and the profile key read."""
 
     messageId: str | int | None = None
     userId: str | int | None = None
     anonymousId: str | int | None = None
 
 
-_routing = msgspec.json.Decoder(_Routing)
+_routing = msgspec.json.Decoder(Routing)
+
+
+def routing(item: Item) -> Routing | None:
+    """The item's ids, decoded once per message (again if a step changed the message); None
+    if the message is not an object with usable ids."""
+    head = item.head
+    if head is None or item.original is not None:
+        try:
+            head = item.head = _routing.decode(item.message)
+        except msgspec.DecodeError:
+            return None
+    return head  # type: ignore[no-any-return]
 
 
 class ProfileKey:
@@ -27,13 +39,11 @@ class ProfileKey:
     name = "profile_key"
 
     def __call__(self, items: list[Item]) -> None:
-        decode = _routing.decode
         for item in items:
             if item.outcome or item.key:
                 continue
-            try:
-                r = decode(item.message)
-            except msgspec.DecodeError:
+            r = routing(item)
+            if r is None:
                 item.stop(FAILED, "invalid_message")
                 continue
             key = r.userId if r.userId not in (None, "") else r.anonymousId

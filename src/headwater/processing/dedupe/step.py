@@ -6,20 +6,12 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import msgspec
-
 from headwater.processing.dedupe.store import DedupeStore
 from headwater.processing.runtime import Item
+from headwater.processing.steps import routing
 
 DUPLICATE = "duplicate"
 REASON = "message_id_seen"
-
-
-class _Id(msgspec.Struct):
-    messageId: str | int | None = None
-
-
-_id = msgspec.json.Decoder(_Id)
 
 
 def now_ms() -> int:
@@ -53,14 +45,13 @@ class Dedupe:
     def _claims(items: list[Item]) -> tuple[list[Item], list[tuple[str, str]]]:
         todo: list[Item] = []
         claims: list[tuple[str, str]] = []
-        decode = _id.decode
         for item in items:
             if item.outcome:
                 continue
-            try:
-                mid = decode(item.message).messageId
-            except msgspec.DecodeError:
+            head = routing(item)
+            if head is None:
                 continue  # not readable: the steps after this one give it its outcome
+            mid = head.messageId
             if mid is None or mid == "":
                 continue  # the gateway gives every message an id; nothing to match on
             todo.append(item)
