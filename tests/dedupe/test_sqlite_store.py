@@ -3,6 +3,7 @@ reloading after a restart, and expiry by rows."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,23 @@ def test_expiry_forgets_whole_old_calls_and_the_ids_can_be_claimed_anew(tmp_path
     assert reopened.expire(T0 + 3 * WINDOW_MS) == 2  # whatever was claimed, past the window
     assert reopened.count() == 0
     reopened.close()
+
+
+def test_claims_of_the_earlier_layout_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE claims(id TEXT PRIMARY KEY, position TEXT NOT NULL, ms INTEGER NOT NULL) "
+        "WITHOUT ROWID"
+    )
+    old.executemany("INSERT INTO claims VALUES(?,?,?)", [("a", "0:1:0", T0), ("b", "0:1:1", T0)])
+    old.commit()
+    old.close()
+    store = SqliteDedupeStore(path, WINDOW_MS)
+    assert store.count() == 2
+    assert store.claim([("a", "0:5:0"), ("b", "0:1:1"), ("c", "0:5:2")], T0 + 1) == [
+        True,
+        False,
+        False,
+    ]
+    store.close()

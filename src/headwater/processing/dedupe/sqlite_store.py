@@ -43,11 +43,27 @@ class SqliteDedupeStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        self._upgrade()
         self._lock = threading.Lock()  # one connection, used from the stage's worker threads
         self._index = FingerprintIndex()
         self._starts: list[tuple[int, int]] = []  # (first row, ms) of each call, in row order
         self._next_row = 1
         self._load()
+
+    def _upgrade(self) -> None:
+        """Move the claims of the earlier layout (a table keyed by the id) into the log."""
+        conn = self._conn
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'claims'").fetchone():
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        rows = conn.execute("SELECT id, position, ms FROM claims ORDER BY ms").fetchall()
+        first = int(conn.execute("SELECT coalesce(max(row), 0) FROM claims_log").fetchone()[0])
+        conn.executemany(
+            "INSERT INTO claims_log VALUES(?,?,?,?,?)",
+            [(first + 1 + i, fingerprint(m), m, p, ms) for i, (m, p, ms) in enumerate(rows)],
+        )
+        conn.execute("DROP TABLE claims")
+        conn.execute("COMMIT")
 
     def _load(self) -> None:
         """Rebuild the fingerprints and the calls' first rows from the table."""
