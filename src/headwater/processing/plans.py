@@ -182,23 +182,19 @@ class TrackingPlans:
         also when unsure: `_check` then looks at the whole message)."""
         plan, mode, checks = planned.plan, planned.enforcement, planned.plan.checks
         assert checks is not None
-        read = checks.read(item.message)
-        if read is None:
+        head = checks.head(item.message)
+        if head is None:
             return False
-        kind = checks.field(read, "type")
+        kind = head.type
         if kind is None and item.stamp is not None:
             kind = decode_stamp(item.stamp).path_type
-        key = f"track:{checks.field(read, 'event')}" if kind == "track" else str(kind)
+        key = f"track:{head.event}" if kind == "track" else str(kind)
         if key not in plan.rules:
             if kind == "track" and mode.unplanned_events == "block":
                 return False
-            return checks.passes(read, None)
-        declared = plan.declared.get(key)
-        bag = checks.field(read, _bag(key))
-        omit = mode.unplanned_properties == "omit" and declared is not None
-        if omit and isinstance(bag, dict) and bag.keys() - declared:  # type: ignore[operator]
-            return False
-        return checks.passes(read, key)
+            return checks.passes(item.message, None, None)
+        omit = mode.unplanned_properties == "omit" and plan.declared.get(key) is not None
+        return checks.passes(item.message, key, _bag(key) if omit else None)
 
     def _check(
         self, item: Item, planned: SourcePlan
