@@ -88,6 +88,16 @@ class SqliteDedupeStore:
         oldest = now_ms - self.window_ms
         fps = [fingerprint(mid) for mid, _pos in claims]
         maybe = self._index.candidates(fps)
+        if not maybe and len({mid for mid, _pos in claims}) == len(claims):
+            # the common case: every id is new, and once; claimed in one go
+            first = self._next_row
+            fresh = [
+                (first + i, fp, mid, position, now_ms)
+                for i, ((mid, position), fp) in enumerate(zip(claims, fps, strict=True))
+            ]
+            if fresh:
+                self._write(fresh, [], now_ms)
+            return [False] * len(claims)
         owners: dict[str, str] = {}  # id -> the position that holds it, as of this call
         stale: list[int] = []  # rows claimed before the window, claimed anew now
         new: list[tuple[int, int, str, str, int]] = []
