@@ -26,16 +26,6 @@ from headwater.processing.plan_types import Field, make_struct, msgspec_type
 _NAMED_ONLY = {"type", "properties", "required", "title", "description", "$schema", "$comment"}
 
 
-class Head(msgspec.Struct, gc=False):
-    """What chooses a message's rule."""
-
-    type: Any = None
-    event: Any = None
-
-
-_head = msgspec.json.Decoder(Head)
-
-
 @dataclass(frozen=True)
 class RuleCheck:
     """One rule (with the common rule) as a decoder, plus validators msgspec cannot replace."""
@@ -51,14 +41,6 @@ class FieldChecks:
     common: dict[str, Any] | None
     rules: dict[str, dict[str, Any]]
     _made: dict[tuple[str | None, str | None], RuleCheck | None] = field(default_factory=dict)
-
-    @staticmethod
-    def head(message: bytes) -> Head | None:
-        """The message's `type` and `event`; None if it is not a JSON object."""
-        try:
-            return _head.decode(message)
-        except msgspec.DecodeError:
-            return None
 
     def passes(self, message: bytes, rule_key: str | None, closed: str | None) -> bool:
         """Whether the common rule and the rule `rule_key` (None: no rule) both pass; with

@@ -30,6 +30,7 @@ from headwater.control.store import stable_id
 from headwater.events.stamp import decode_stamp, encode_stamp
 from headwater.processing.plan_fields import FieldChecks, field_checks
 from headwater.processing.runtime import Item
+from headwater.processing.steps import routing
 
 BLOCKED = "blocked"
 UNPLANNED_EVENT = "unplanned_event"
@@ -182,7 +183,7 @@ class TrackingPlans:
         also when unsure: `_check` then looks at the whole message)."""
         plan, mode, checks = planned.plan, planned.enforcement, planned.plan.checks
         assert checks is not None
-        head = checks.head(item.message)
+        head = routing(item)
         if head is None:
             return False
         kind = head.type

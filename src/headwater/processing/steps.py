@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from headwater.processing.runtime import FAILED, Item
 
 
 class Routing(msgspec.Struct, gc=False):
-    """The ids of a stored message: what dedupe and the profile key read."""
+    """What several steps read of a message: its ids (dedupe, the profile key), its type and
+    event (which tracking-plan rule applies)."""
 
     messageId: str | int | None = None
     userId: str | int | None = None
     anonymousId: str | int | None = None
+    type: Any = None
+    event: Any = None
 
 
 _routing = msgspec.json.Decoder(Routing)
