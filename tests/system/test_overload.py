@@ -134,7 +134,8 @@ def test_gateway_memory_stays_bounded_under_overload(fresh_server: HeadwaterServ
     """More clients at once than a worker takes requests (`max_concurrent_requests`, 100),
     each sending batches near the 500 KB limit as fast as it can: the gateway answers (200, or
     429 when the log is behind), its workers stay under 200 MB and the processor behind them
-    (deduplicating, with 10k-message batches to read) under 256 MB."""
+    (deduplicating, with 10k-message batches to read) under 288 MB (of which numpy, which holds
+    the dedupe fingerprints, takes 16 MB as soon as it is imported)."""
     fresh_server.workers = 1
     fresh_server.start()
     run = uuid.uuid4().hex[:8]
@@ -167,7 +168,7 @@ def test_gateway_memory_stays_bounded_under_overload(fresh_server: HeadwaterServ
     assert statuses[200] > 0
     assert set(statuses) <= {200, 429}, statuses
     assert 0 < peak < 200, f"a gateway worker reached {peak:.0f} MB"
-    assert 0 < processor_peak < 256, f"the processor reached {processor_peak:.0f} MB"
+    assert 0 < processor_peak < 288, f"the processor reached {processor_peak:.0f} MB"
 
 
 def _largest_worker_rss_mb(server: HeadwaterServer, role: bytes = b"") -> float:
