@@ -85,3 +85,15 @@ def test_claims_of_the_earlier_layout_are_kept(tmp_path: Path) -> None:
         False,
     ]
     store.close()
+
+
+def test_what_expiry_keeps_in_memory_stays_small_however_many_calls(tmp_path: Path) -> None:
+    store = SqliteDedupeStore(tmp_path / "d.db", WINDOW_MS)
+    for call in range(5000):  # a call every 20 ms, for 100 s: 10 windows
+        store.claim([(f"m-{call}", f"0:{call}:0")], T0 + call * 20)
+        if call % 500 == 0:
+            store.expire(T0 + call * 20)
+    assert len(store._stretches) <= 1000 + 1
+    store.expire(T0 + 5000 * 20)
+    assert 0 < store.count() <= WINDOW_MS // 20 + 1  # about one window of claims is left
+    store.close()

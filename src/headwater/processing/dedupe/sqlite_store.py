@@ -5,8 +5,8 @@ insert once it outgrows its cache. So claims are appended in arrival order (rows
 the store: sequential writes, one small row each) and found through a `FingerprintIndex` in RAM
 (16 bytes per claim). The disk is read only when a fingerprint matches (a duplicate, a replay,
 or a fingerprint collision, which comparing the stored id tells apart). Claims older than the
-window go in row order: rows are appended in time order, and the store remembers, per call,
-its first row and time.
+window go in row order: rows are appended in time order, and the store remembers stretches of
+rows with their first and last times (about a thousand per window).
 
 WAL with `synchronous=NORMAL`: a claim lost to a power loss only lets a replayed duplicate
 through once; it never makes a message a duplicate.
@@ -46,7 +46,10 @@ class SqliteDedupeStore:
         self._upgrade()
         self._lock = threading.Lock()  # one connection, used from the stage's worker threads
         self._index = FingerprintIndex()
-        self._starts: list[tuple[int, int]] = []  # (first row, ms) of each call, in row order
+        # Rows in stretches of time, in row order: [first row, first ms, last ms]; a stretch
+        # spans at most a thousandth of the window, so there are about a thousand of them.
+        self._stretches: list[list[int]] = []
+        self._stretch_ms = max(1, window_ms // 1000)
         self._next_row = 1
         self._load()
 
@@ -76,7 +79,8 @@ class SqliteDedupeStore:
         table = np.concatenate(blocks)
         fps, rows, ms = table[:, 0], table[:, 1], table[:, 2]
         firsts = np.concatenate(([0], np.flatnonzero(np.diff(ms)) + 1))  # a call's rows share ms
-        self._starts = list(zip(rows[firsts].tolist(), ms[firsts].tolist(), strict=True))
+        for row, at in zip(rows[firsts].tolist(), ms[firsts].tolist(), strict=True):
+            self._extend_stretches(row, at)
         self._next_row = int(rows[-1]) + 1
         self._index.load(fps, rows)
 
@@ -148,21 +152,29 @@ class SqliteDedupeStore:
             conn.execute("ROLLBACK")
             raise
         if new:
-            self._starts.append((new[0][0], ms))
+            self._extend_stretches(new[0][0], ms)
             self._next_row = new[-1][0] + 1
             self._index.add([c[1] for c in new], [c[0] for c in new])
 
+    def _extend_stretches(self, row: int, ms: int) -> None:
+        """Rows from `row` on were claimed at `ms` (not before the last claims)."""
+        last = self._stretches[-1] if self._stretches else None
+        if last is None or ms - last[1] >= self._stretch_ms:
+            self._stretches.append([row, ms, ms])
+        else:
+            last[2] = max(last[2], ms)
+
     def expire(self, now_ms: int) -> int:
-        """Delete the claims of calls older than the window (whole calls, in row order; a
-        claim kept longer is harmless: its time is checked when it is found)."""
+        """Delete the claims older than the window, a whole stretch of rows at a time (a claim
+        kept a little longer is harmless: its time is checked when it is found)."""
         with self._lock:
             cutoff_ms = now_ms - self.window_ms
-            old = bisect.bisect_left(self._starts, cutoff_ms, key=lambda start: start[1])
+            old = bisect.bisect_left(self._stretches, cutoff_ms, key=lambda s: s[2])
             if old == 0:
                 return 0
-            below = self._next_row if old == len(self._starts) else self._starts[old][0]
+            below = self._next_row if old == len(self._stretches) else self._stretches[old][0]
             cur = self._conn.execute("DELETE FROM claims_log WHERE row < ?", (below,))
-            del self._starts[:old]
+            del self._stretches[:old]
             self._index.drop_rows_below(below)
             return cur.rowcount
 
