@@ -115,10 +115,7 @@ PLAN_RULES: dict[str, Any] = {
             e: _ORDER_RULE
             for e in ("Checkout Started", "Order Completed", "Product Added", "Product Viewed")
         },
-        **{
-            f"Other Event {i}": {"properties": {"properties": {"type": "object"}}}
-            for i in range(16)
-        },
+        **{f"Other Event {i}": _OTHER_RULE for i in range(16)},
     },
 }
 

@@ -28,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
+import redis
+from dedupe import delete_redis_prefix
 from gateway import SETTLE_S
 from pipeline import bench_processor
 from pipeline_logs import config_text, payload_batches
@@ -48,18 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _delete_prefix(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}:*", count=10_000))
-        for start in range(0, len(keys), 10_000):
-            client.delete(*keys[start : start + 10_000])
-    finally:
-        client.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prefix = f"hwbench-{uuid.uuid4().hex[:8]}"
@@ -68,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hwbench-processing-") as tmp:
             workdir = Path(tmp)
-            for label, dedupe_plan, redis in (
+            for label, dedupe_plan, state in (
                 ("pass-through", False, None),
                 ("dedupe + plan, embedded", True, None),
                 ("dedupe + plan, Redis", True, (args.redis, prefix)),
@@ -76,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
                 config = workdir / f"{len(runs)}.yaml"
                 config.write_text(
                     config_text(
-                        WRITE_KEY, PARTITIONS, dedupe=dedupe_plan, plan=dedupe_plan, redis=redis
+                        WRITE_KEY, PARTITIONS, dedupe=dedupe_plan, plan=dedupe_plan, redis=state
                     )
                 )
                 time.sleep(SETTLE_S)
                 runs.append(bench_processor(label, workdir, config, groups, args))
     finally:
-        _delete_prefix(args.redis, prefix)
+        client = redis.Redis.from_url(args.redis)
+        delete_redis_prefix(client, prefix)
+        client.close()
     base = runs[0].events_per_s
     print(
         f"\none processor, {args.events:,} events preloaded in record batches of "

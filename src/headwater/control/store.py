@@ -157,7 +157,7 @@ class ControlStore:
 
     def create_workspace(self, name: str, *, managed_by: str = MANAGED_BY_API) -> Workspace:
         _check_name(name, "workspace")
-        with self._tx():
+        with self.transaction():
             if self._find_workspace(name) is not None:
                 raise ControlError(
                     f"workspace {name!r} already exists", status=409, code="conflict"
@@ -205,7 +205,7 @@ class ControlStore:
         _check_name(name, "source")
         ws = self.workspace(workspace)
         keys = [new_write_key()] if write_keys is None else write_keys
-        with self._tx():
+        with self.transaction():
             if self._conn.execute(
                 "SELECT 1 FROM sources WHERE workspace_id=? AND name=?", (ws.id, name)
             ).fetchone():
@@ -270,7 +270,7 @@ class ControlStore:
 
     def set_source_enabled(self, ref: str, enabled: bool) -> Source:
         src = self.source(ref)
-        with self._tx():
+        with self.transaction():
             self._conn.execute("UPDATE sources SET enabled=? WHERE id=?", (int(enabled), src.id))
         return self.source(src.id)
 
@@ -281,7 +281,7 @@ class ControlStore:
         src = self.source(ref)
         key = new_write_key()
         expires = now_ms() + int(grace_seconds * 1000)
-        with self._tx():
+        with self.transaction():
             self._conn.execute(
                 "UPDATE write_keys SET expires_ms = min(coalesce(expires_ms, ?), ?) "
                 "WHERE source_id=? AND disabled=0",
@@ -291,7 +291,7 @@ class ControlStore:
         return self.source(src.id), key
 
     def disable_write_key(self, key: str) -> None:
-        with self._tx():
+        with self.transaction():
             cur = self._conn.execute("UPDATE write_keys SET disabled=1 WHERE key=?", (key,))
             if cur.rowcount == 0:
                 raise ControlError("no such write key", status=404, code="not_found")
@@ -302,7 +302,7 @@ class ControlStore:
         A key the config gave another source moves here (a source renamed in the file keeps
         its key); a key created through the API or CLI for another source is a conflict.
         """
-        with self._tx():
+        with self.transaction():
             for key in keys:
                 row = self._conn.execute(
                     "SELECT source_id, managed_by FROM write_keys WHERE key=?", (key,)
@@ -350,7 +350,7 @@ class ControlStore:
         return row.fetchone() is not None
 
     def set_admin_token(self, token: str) -> None:
-        with self._tx():
+        with self.transaction():
             self._conn.execute(
                 "INSERT OR REPLACE INTO settings VALUES('admin_token_sha256', ?)",
                 (hash_token(token),),
@@ -374,11 +374,6 @@ class ControlStore:
 
     def transaction(self) -> _Transaction:
         """`BEGIN IMMEDIATE` ... `COMMIT` (nestable) that bumps the version."""
-        return _Transaction(self._conn)
-
-    # -- internals ----------------------------------------------------------------------------
-
-    def _tx(self) -> _Transaction:
         return _Transaction(self._conn)
 
 
