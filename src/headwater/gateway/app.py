@@ -8,7 +8,6 @@ and metrics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -103,10 +102,12 @@ class GatewayApp:
             task.cancel()
         self.writer.close()
         self.metrics.flush(self.paths.metrics_dir)
-        with contextlib.suppress(Exception):
-            tally = self.metrics.take_failed()
+        tally = self.metrics.take_failed()
+        try:
             if tally:
                 self.accounting.record(tally)
+        except Exception as exc:  # stopping anyway: say what the overview will miss
+            log.warning("the delivery overview misses the last refusals on ingest: %s", exc)
         self.accounting.close()
         if self.reader is not None:
             self.reader.close()
