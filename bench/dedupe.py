@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from headwater.processing.dedupe import SqliteDedupeStore
+from headwater.processing.dedupe import FileDedupeStore
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
 
 CHUNK = 10_000
@@ -49,7 +49,7 @@ def ids(n: int, salt: int) -> list[str]:
 
 def bench_sqlite(n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
-        store = SqliteDedupeStore(Path(d) / "dedupe.db", window_ms=7 * 86_400_000)
+        store = FileDedupeStore(Path(d) / "dedupe", window_ms=7 * 86_400_000)
         before = rss_bytes()
         now = int(time.time() * 1000)
         started = time.perf_counter()

@@ -12,7 +12,7 @@ import msgspec
 from headwater.log.embedded.appender import AppendSettings
 from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.records import Run, encode_run
-from headwater.processing.dedupe import DUPLICATE, Dedupe, SqliteDedupeStore
+from headwater.processing.dedupe import DUPLICATE, Dedupe, FileDedupeStore
 from headwater.processing.runtime import PROCESSED, Item, StageRunner, StageSpec
 from headwater.processing.steps import ProfileKey
 
@@ -54,7 +54,7 @@ def test_duplicates_end_as_duplicate_and_events_hold_each_id_once(tmp_path: Path
     async def main() -> None:
         ingest = EmbeddedLog("ingest", tmp_path / "ingest", AppendSettings(partitions=2))
         events = EmbeddedLog("events", tmp_path / "events", AppendSettings(partitions=2))
-        store = SqliteDedupeStore(tmp_path / "dedupe.db", window_ms=86_400_000)
+        store = FileDedupeStore(tmp_path / "dedupe", window_ms=86_400_000)
         try:
             sent = [f"m{i}" for i in range(30)]
             retried = sent[5:10]  # a client retry: the same messages again, in a later batch
@@ -87,7 +87,7 @@ def test_a_replay_after_a_crash_is_not_a_duplicate_of_itself(tmp_path: Path) -> 
         settings = AppendSettings(partitions=1)
         ingest = EmbeddedLog("ingest", tmp_path / "ingest", settings)
         events = EmbeddedLog("events", tmp_path / "events", settings)
-        store = SqliteDedupeStore(tmp_path / "dedupe.db", window_ms=86_400_000)
+        store = FileDedupeStore(tmp_path / "dedupe", window_ms=86_400_000)
         try:
             await ingest.append(
                 [Run(0, encode_run("s", None, [msg(f"m{i}") for i in range(8)]), 8)]
@@ -112,7 +112,7 @@ def test_a_replay_after_a_crash_is_not_a_duplicate_of_itself(tmp_path: Path) -> 
 
 
 def test_no_false_duplicate_among_a_million_distinct_ids(tmp_path: Path) -> None:
-    store = SqliteDedupeStore(tmp_path / "dedupe.db", window_ms=86_400_000)
+    store = FileDedupeStore(tmp_path / "dedupe", window_ms=86_400_000)
     try:
         step = Dedupe(store, clock_ms=lambda: 1_700_000_000_000)
         duplicates = 0

@@ -1,4 +1,4 @@
-"""One contract for the dedupe stores: SQLite (embedded) and the real Redis server."""
+"""One contract for the dedupe stores: segment files (embedded) and the real Redis server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from headwater.processing.dedupe import DedupeStore, SqliteDedupeStore
+from headwater.processing.dedupe import DedupeStore, FileDedupeStore
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
 from tests.support.redis import redis_prefix
 
@@ -15,10 +15,10 @@ WINDOW_MS = 10_000
 T0 = 1_700_000_000_000
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["embedded", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DedupeStore]:
-    if request.param == "sqlite":
-        s: DedupeStore = SqliteDedupeStore(tmp_path / "dedupe.db", WINDOW_MS)
+    if request.param == "embedded":
+        s: DedupeStore = FileDedupeStore(tmp_path / "dedupe", WINDOW_MS)
         yield s
         s.close()
         return

@@ -1,4 +1,4 @@
-"""The window edge, with a controllable clock (SQLite), and Redis's own expiry."""
+"""The window edge, with a controllable clock (embedded store), and Redis's own expiry."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import redis
 
-from headwater.processing.dedupe import SqliteDedupeStore
+from headwater.processing.dedupe import FileDedupeStore
 from headwater.processing.dedupe.redis_store import RedisDedupeStore
 
 T0 = 1_700_000_000_000
 
 
-def test_sqlite_claims_count_until_the_window_ends_and_then_not(tmp_path: Path) -> None:
-    store = SqliteDedupeStore(tmp_path / "d.db", window_ms=7 * 86_400_000)
+def test_embedded_claims_count_until_the_window_ends_and_then_not(tmp_path: Path) -> None:
+    store = FileDedupeStore(tmp_path / "d", window_ms=7 * 86_400_000)
     try:
         assert store.claim([("m1", "0:1:0")], T0) == [False]
         last_in = T0 + 7 * 86_400_000  # the claim is exactly window old: still remembered
@@ -27,8 +27,8 @@ def test_sqlite_claims_count_until_the_window_ends_and_then_not(tmp_path: Path) 
         store.close()
 
 
-def test_sqlite_expire_forgets_old_claims_and_keeps_recent_ones(tmp_path: Path) -> None:
-    store = SqliteDedupeStore(tmp_path / "d.db", window_ms=1000)
+def test_embedded_expire_forgets_old_claims_and_keeps_recent_ones(tmp_path: Path) -> None:
+    store = FileDedupeStore(tmp_path / "d", window_ms=1000)
     try:
         store.claim([(f"old-{i}", "0:1:0") for i in range(100)], T0)
         store.claim([(f"new-{i}", "0:2:0") for i in range(50)], T0 + 900)
@@ -39,11 +39,11 @@ def test_sqlite_expire_forgets_old_claims_and_keeps_recent_ones(tmp_path: Path) 
         store.close()
 
 
-def test_sqlite_claims_survive_a_restart(tmp_path: Path) -> None:
-    store = SqliteDedupeStore(tmp_path / "d.db", window_ms=60_000)
+def test_embedded_claims_survive_a_restart(tmp_path: Path) -> None:
+    store = FileDedupeStore(tmp_path / "d", window_ms=60_000)
     store.claim([("m1", "0:1:0")], T0)
     store.close()
-    again = SqliteDedupeStore(tmp_path / "d.db", window_ms=60_000)
+    again = FileDedupeStore(tmp_path / "d", window_ms=60_000)
     try:
         assert again.claim([("m1", "0:1:0"), ("m1", "0:2:0")], T0 + 10) == [False, True]
     finally:

@@ -33,6 +33,22 @@ class RuleCheck:
     decoder: msgspec.json.Decoder[Any]
     validators: tuple[tuple[str, Any], ...]  # (struct attribute, compiled validator)
 
+    def passes(self, message: bytes) -> bool:
+        """Whether `message` passes this rule (False also when unsure)."""
+        try:
+            decoded = self.decoder.decode(message)
+        except msgspec.DecodeError:
+            return False
+        for attr, validate in self.validators:
+            value = getattr(decoded, attr)
+            if value is UNSET:
+                continue
+            try:
+                validate(value)
+            except Exception:  # any failure: the whole message is looked at
+                return False
+        return True
+
 
 @dataclass
 class FieldChecks:
@@ -45,23 +61,13 @@ class FieldChecks:
     def passes(self, message: bytes, rule_key: str | None, closed: str | None) -> bool:
         """Whether the common rule and the rule `rule_key` (None: no rule) both pass; with
         `closed`, also whether that field's object holds only the properties its rule names."""
+        check = self.check(rule_key, closed)
+        return check is not None and check.passes(message)
+
+    def check(self, rule_key: str | None, closed: str | None) -> RuleCheck | None:
+        """The check `passes` makes (None: not expressible as a short path)."""
         key = (rule_key, closed)
-        check = self._made[key] if key in self._made else self._make(key)
-        if check is None:
-            return False  # not expressible as a short path: the full check decides
-        try:
-            decoded = check.decoder.decode(message)
-        except msgspec.DecodeError:
-            return False
-        for attr, validate in check.validators:
-            value = getattr(decoded, attr)
-            if value is UNSET:
-                continue
-            try:
-                validate(value)
-            except Exception:  # any failure: the whole message is looked at
-                return False
-        return True
+        return self._made[key] if key in self._made else self._make(key)
 
     def _make(self, key: tuple[str | None, str | None]) -> RuleCheck | None:
         rule_key, closed = key

@@ -28,7 +28,7 @@ from headwater.config import Config, Enforcement, TrackingPlanConfig, compile_sc
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import stable_id
 from headwater.events.stamp import decode_stamp, encode_stamp
-from headwater.processing.plan_fields import FieldChecks, field_checks
+from headwater.processing.plan_fields import FieldChecks, RuleCheck, field_checks
 from headwater.processing.runtime import Item
 from headwater.processing.steps import routing
 
@@ -38,9 +38,11 @@ VIOLATION = "violation"
 FORWARDED = "forwarded"  # how a blocked message reaches the source it is forwarded to
 VIOLATION_GENERATED = "Violation Generated"
 VIOLATION_GENERATED_VIA = "violation_generated"
+MAX_SHORTCUTS = 10_000  # (call type, event) pairs whose short-path check a source remembers
 MAX_OMISSIONS = 50  # fields omitted one at a time (each re-validation finds the next violation)
 
 Validator = Any  # a compiled fastjsonschema function
+_UNMADE: Any = object()
 
 
 @dataclass
@@ -90,6 +92,8 @@ class SourcePlan:
     enforcement: Enforcement
     forward_blocked: str | None = None
     forward_violations: str | None = None
+    # the short path's check by (call type, event), made on first use
+    shortcuts: dict[tuple[str, str | None], RuleCheck | None] = field(default_factory=dict)
 
 
 def plans_by_source(config: Config) -> dict[str, SourcePlan]:
@@ -145,16 +149,27 @@ class TrackingPlans:
     def __call__(self, items: list[Item]) -> None:
         if not self.plans:
             return
+        plans = self.plans
         made: list[Item] = []
         for item in items:
-            planned = self.plans.get(item.source_id)
-            if planned is not None and not item.outcome and not item.via:
-                self._enforce(item, planned, made)
+            planned = plans.get(item.source_id)
+            if planned is None or item.outcome or item.via:
+                continue
+            if planned.plan.checks is not None:  # the short path, inlined: the common case
+                head = item.head if item.original is None else None
+                if head is not None and _remembered(head.type, head.event):
+                    check = planned.shortcuts.get((head.type, head.event), _UNMADE)
+                    if check is _UNMADE:
+                        check = self._shortcut(planned, head.type, head.event)
+                    if check is not None and check.passes(item.message):
+                        continue  # nothing to record, nothing to change
+                elif self._passes(item, planned):
+                    continue
+            self._enforce(item, planned, made)
         items.extend(made)
 
     def _enforce(self, item: Item, planned: SourcePlan, made: list[Item]) -> None:
-        if planned.plan.checks is not None and self._passes(item, planned):
-            return  # the common case: nothing to record, nothing to change
+        """The whole check of a message that did not pass the short path."""
         original = item.message
         checked = self._check(item, planned)
         if checked is None:
@@ -181,21 +196,36 @@ class TrackingPlans:
     def _passes(self, item: Item, planned: SourcePlan) -> bool:
         """Whether the item passes its plan as it is, from the fields the rules name (False
         also when unsure: `_check` then looks at the whole message)."""
-        plan, mode, checks = planned.plan, planned.enforcement, planned.plan.checks
-        assert checks is not None
         head = routing(item)
         if head is None:
             return False
         kind = head.type
         if kind is None and item.stamp is not None:
             kind = decode_stamp(item.stamp).path_type
-        key = f"track:{head.event}" if kind == "track" else str(kind)
+        check = self._shortcut(planned, kind, head.event)
+        return check is not None and check.passes(item.message)
+
+    @staticmethod
+    def _shortcut(planned: SourcePlan, kind: Any, event: Any) -> RuleCheck | None:
+        """The short-path check of a message of call type `kind` (and `event`), remembered
+        for string pairs (None: the short path cannot say yes; the whole check decides)."""
+        plan, mode, checks = planned.plan, planned.enforcement, planned.plan.checks
+        assert checks is not None
+        key = f"track:{event}" if kind == "track" else str(kind)
+        check: RuleCheck | None
         if key not in plan.rules:
             if kind == "track" and mode.unplanned_events == "block":
-                return False
-            return checks.passes(item.message, None, None)
-        omit = mode.unplanned_properties == "omit" and plan.declared.get(key) is not None
-        return checks.passes(item.message, key, _bag(key) if omit else None)
+                check = None
+            else:
+                check = checks.check(None, None)
+        else:
+            omit = mode.unplanned_properties == "omit" and plan.declared.get(key) is not None
+            check = checks.check(key, _bag(key) if omit else None)
+        if _remembered(kind, event):
+            if len(planned.shortcuts) >= MAX_SHORTCUTS:
+                planned.shortcuts.clear()  # many event names: remember the recent ones
+            planned.shortcuts[(kind, event)] = check
+        return check
 
     def _check(
         self, item: Item, planned: SourcePlan
@@ -267,6 +297,11 @@ class TrackingPlans:
             context["protocols"] = {"omitted": omitted, "violations": violations}
             item.message = msgspec.json.encode(msg)
         return msg, str(kind), label, violations
+
+
+def _remembered(kind: Any, event: Any) -> bool:
+    """Whether the short-path check of (`kind`, `event`) is remembered (plain strings)."""
+    return type(kind) is str and (event is None or type(event) is str)
 
 
 def violation_events(

@@ -1,7 +1,7 @@
-"""Exact deduplication by `messageId` within a window, on SQLite (embedded) or Redis."""
+"""Exact deduplication by `messageId` within a window, on files (embedded) or Redis."""
 
-from headwater.processing.dedupe.sqlite_store import SqliteDedupeStore
+from headwater.processing.dedupe.file_store import FileDedupeStore
 from headwater.processing.dedupe.step import DUPLICATE, Dedupe
 from headwater.processing.dedupe.store import DedupeStore, open_dedupe_store
 
-__all__ = ["DUPLICATE", "Dedupe", "DedupeStore", "SqliteDedupeStore", "open_dedupe_store"]
+__all__ = ["DUPLICATE", "Dedupe", "DedupeStore", "FileDedupeStore", "open_dedupe_store"]

@@ -1,10 +1,15 @@
-"""Which rows of the claims table may hold a `messageId`: a 64-bit fingerprint per claim,
-sorted in numpy arrays (16 bytes of RAM per remembered id), the newest in a dict until merged.
+"""Where a `messageId` may have been claimed: a 64-bit fingerprint per claim with where the
+claim sits on disk (16 bytes of RAM per remembered id), in sorted numpy runs, the newest in a
+dict until they fill a run.
 
-A fingerprint says "maybe" (the row must be read to compare the id), never "surely": two ids
+A fingerprint says "maybe" (the claim must be read to compare the id), never "surely": two ids
 sharing a fingerprint are told apart by the id stored on disk, so deduplication stays exact.
 An id whose fingerprint is nowhere here was never claimed, which is the common case, answered
 without touching the disk.
+
+Runs are merged like a binary counter with a ratio of four (a run absorbs the newer one while
+it is at most four times its size), so a claim is copied a few times in its life, not once
+per merge as with a single array, and a lookup searches a handful of runs.
 """
 
 from __future__ import annotations
@@ -12,88 +17,118 @@ from __future__ import annotations
 import numpy as np
 from xxhash import xxh3_64_intdigest
 
-MERGE_AT = 1 << 17  # fresh fingerprints merged into the arrays at a time
-_BIAS = 1 << 63  # fingerprints are stored as signed 64-bit integers (SQLite INTEGER)
+MERGE_AT = 1 << 17  # fresh fingerprints that make a new run
+RUN_RATIO = 4
+_BIAS = 1 << 63  # fingerprints are signed 64-bit integers (numpy int64)
+
+Run = tuple[np.ndarray, np.ndarray]  # (sorted fingerprints, the locator of each)
 
 
 def fingerprint(message_id: str) -> int:
     return xxh3_64_intdigest(message_id.encode()) - _BIAS
 
 
+def fingerprints(message_ids: list[str]) -> list[int]:
+    """`fingerprint` of each id (one loop, no call per id)."""
+    return [xxh3_64_intdigest(m.encode()) - _BIAS for m in message_ids]
+
+
 class FingerprintIndex:
-    """Fingerprint -> rows, for every claim of the window."""
+    """Fingerprint -> locators (where on disk), for every claim of the window."""
 
     def __init__(self) -> None:
-        self._fps = np.empty(0, np.int64)  # sorted
-        self._rows = np.empty(0, np.int64)  # the row of each fingerprint
-        self._fresh: dict[int, int] = {}  # claims since the last merge
+        self._runs: list[Run] = []  # oldest (largest) first
+        self._fresh: dict[int, int] = {}  # claims since the last run was made
         self._shared: list[tuple[int, int]] = []  # fresh ones whose fingerprint was taken
 
     def __len__(self) -> int:
-        return len(self._fps) + len(self._fresh) + len(self._shared)
+        return sum(len(f) for f, _l in self._runs) + len(self._fresh) + len(self._shared)
 
-    def load(self, fps: np.ndarray, rows: np.ndarray) -> None:
-        """Start from these (unsorted) fingerprints and rows."""
+    def load(self, fps: np.ndarray, locators: np.ndarray) -> None:
+        """Start from these (unsorted) fingerprints and locators."""
         order = np.argsort(fps, kind="stable")
-        self._fps, self._rows = fps[order], rows[order]
+        self._runs = [(fps[order], locators[order])] if len(fps) else []
         self._fresh.clear()
         self._shared.clear()
 
     def candidates(self, fps: list[int]) -> dict[int, list[int]]:
-        """The rows that may hold the id of `fps[i]`, by `i`; an index not in the answer is
-        surely a new id."""
+        """The locators that may hold the id of `fps[i]`, by `i`; an index not in the answer
+        is surely a new id."""
         fresh = self._fresh
         out = {i: [fresh[fp]] for i, fp in enumerate(fps) if fp in fresh}
-        for fp, row in self._shared:
+        for fp, locator in self._shared:
             for i in (i for i, f in enumerate(fps) if f == fp):
-                out.setdefault(i, []).append(row)
-        known = self._fps
-        if len(known):
-            wanted = np.fromiter(fps, np.int64, len(fps))
-            order = np.argsort(wanted)  # sorted queries walk the array in order
-            at = np.searchsorted(known, wanted[order])
-            hit = known[np.minimum(at, len(known) - 1)] == wanted[order]
+                out.setdefault(i, []).append(locator)
+        if not self._runs:
+            return out
+        wanted = np.fromiter(fps, np.int64, len(fps))
+        order = np.argsort(wanted)  # sorted queries walk each run in order
+        wanted = wanted[order]
+        for known, locators in self._runs:
+            at = np.searchsorted(known, wanted)
+            hit = known[np.minimum(at, len(known) - 1)] == wanted
             for k in np.flatnonzero(hit).tolist():
                 i, start = int(order[k]), int(at[k])
                 end = int(np.searchsorted(known, known[start], "right"))
-                out.setdefault(i, []).extend(self._rows[start:end].tolist())
+                out.setdefault(i, []).extend(locators[start:end].tolist())
         return out
 
-    def add(self, fps: list[int], rows: list[int]) -> None:
-        """Remember that `rows[i]` holds an id with fingerprint `fps[i]`."""
+    def add(self, fps: list[int], locators: list[int]) -> None:
+        """Remember that the claim at `locators[i]` has fingerprint `fps[i]`."""
         fresh = self._fresh
         if fresh.keys().isdisjoint(fps) and len(set(fps)) == len(fps):
-            fresh.update(zip(fps, rows, strict=True))  # the common case, in one C-level pass
+            fresh.update(zip(fps, locators, strict=True))  # the common case, in one C pass
         else:
-            for fp, row in zip(fps, rows, strict=True):
+            for fp, locator in zip(fps, locators, strict=True):
                 if fp in fresh:
-                    self._shared.append((fp, row))
+                    self._shared.append((fp, locator))
                 else:
-                    fresh[fp] = row
+                    fresh[fp] = locator
         if len(fresh) >= MERGE_AT:
-            self._merge()
+            self._seal()
 
-    def drop_rows_below(self, row: int) -> None:
-        """Forget every row under `row` (expired claims)."""
-        self._merge()
-        keep = self._rows >= row
-        self._fps, self._rows = self._fps[keep], self._rows[keep]
-
-    def _merge(self) -> None:
-        if not self._fresh and not self._shared:
-            return
-        n = len(self._fresh) + len(self._shared)
-        new_fps = np.fromiter(self._fresh.keys(), np.int64, len(self._fresh))
-        new_rows = np.fromiter(self._fresh.values(), np.int64, len(self._fresh))
-        if self._shared:
-            extra = np.array(self._shared, np.int64).reshape(-1, 2)
-            new_fps = np.concatenate((new_fps, extra[:, 0]))
-            new_rows = np.concatenate((new_rows, extra[:, 1]))
-        order = np.argsort(new_fps, kind="stable")
-        new_fps, new_rows = new_fps[order], new_rows[order]
-        at = np.searchsorted(self._fps, new_fps)
-        self._fps = np.insert(self._fps, at, new_fps)
-        self._rows = np.insert(self._rows, at, new_rows)
-        assert len(new_fps) == n
+    def clear(self) -> None:
+        """Forget every claim."""
+        self._runs = []
         self._fresh.clear()
         self._shared.clear()
+
+    def drop_rows_below(self, locator: int) -> None:
+        """Forget every locator under `locator` (expired claims)."""
+        self._seal()
+        runs = []
+        for fps, locators in self._runs:
+            keep = locators >= locator
+            if keep.any():
+                runs.append((fps[keep], locators[keep]))
+        self._runs = runs
+
+    def runs(self) -> int:
+        """How many sorted runs a lookup searches."""
+        return len(self._runs)
+
+    def _seal(self) -> None:
+        """Make the fresh claims a run; merge runs that have become of a size."""
+        if not self._fresh and not self._shared:
+            return
+        fps = np.fromiter(self._fresh.keys(), np.int64, len(self._fresh))
+        locators = np.fromiter(self._fresh.values(), np.int64, len(self._fresh))
+        if self._shared:
+            extra = np.array(self._shared, np.int64).reshape(-1, 2)
+            fps = np.concatenate((fps, extra[:, 0]))
+            locators = np.concatenate((locators, extra[:, 1]))
+        order = np.argsort(fps, kind="stable")
+        self._runs.append((fps[order], locators[order]))
+        self._fresh.clear()
+        self._shared.clear()
+        runs = self._runs
+        while len(runs) >= 2 and len(runs[-2][0]) <= RUN_RATIO * len(runs[-1][0]):
+            newer = runs.pop()
+            older = runs.pop()
+            runs.append(_merge(older, newer))
+
+
+def _merge(a: Run, b: Run) -> Run:
+    fps = np.concatenate((a[0], b[0]))
+    order = np.argsort(fps, kind="stable")  # timsort: two sorted runs merge in linear time
+    return fps[order], np.concatenate((a[1], b[1]))[order]

@@ -28,6 +28,8 @@ return out
 class RedisDedupeStore:
     """Claims as Redis keys `<prefix>:dedupe:<messageId>`; Redis expires them (`window_ms`)."""
 
+    waits = True
+
     def __init__(self, client: Any, prefix: str, window_ms: int) -> None:
         self.client = client
         self.prefix = f"{prefix}:dedupe:"

@@ -35,11 +35,16 @@ class Dedupe:
             self._settle(todo, self.store.claim(claims, self.clock_ms()))
 
     async def run(self, items: list[Item]) -> None:
-        """`__call__` with the store's work in a thread, so that the stage can go on with
-        another partition's unit meanwhile (SQLite and Redis wait without the GIL)."""
+        """`__call__`, with the work of a store that waits on the network (Redis) in a
+        thread, so that the stage can go on with another partition's unit meanwhile. The
+        embedded store is mostly Python work: a thread would only contend for the GIL."""
         todo, claims = self._claims(items)
-        if claims:
+        if not claims:
+            return
+        if self.store.waits:
             self._settle(todo, await asyncio.to_thread(self.store.claim, claims, self.clock_ms()))
+        else:
+            self._settle(todo, self.store.claim(claims, self.clock_ms()))
 
     @staticmethod
     def _claims(items: list[Item]) -> tuple[list[Item], list[tuple[str, str]]]:

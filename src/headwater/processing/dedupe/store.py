@@ -3,21 +3,26 @@
 A claim is `(message_id, position)`, the position being where the message sits in the input
 log (partition, batch, index): the same message read again after a crash has the same position,
 so it finds its own claim and is not a duplicate of itself. A different position claiming an
-id that is remembered within the window is a duplicate. Memory stays bounded: the SQLite store
-keeps 16 bytes of fingerprint per claim in RAM and the claims on disk, Redis expires keys by
-itself.
+id that is remembered within the window is a duplicate. Memory stays bounded: the embedded
+store keeps 16 bytes of fingerprint per claim in RAM and the claims on disk, Redis expires keys
+by itself.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from headwater.config import Config, parse_duration
 from headwater.paths import DataPaths
 
+log = logging.getLogger(__name__)
+
 
 class DedupeStore(Protocol):
     """Remembers claims for `window_ms`; one owner per key (the input is partitioned by it)."""
+
+    waits: bool  # whether claiming waits on the network (the step then claims in a thread)
 
     def claim(self, claims: list[tuple[str, str]], now_ms: int) -> list[bool]:
         """For each (message_id, position), in order: True if another position claimed the id
@@ -43,6 +48,11 @@ def open_dedupe_store(config: Config, paths: DataPaths) -> DedupeStore | None:
 
         client = redis.Redis.from_url(config.state.url, socket_timeout=10)
         return RedisDedupeStore(client, config.state.prefix, window_ms)
-    from headwater.processing.dedupe.sqlite_store import SqliteDedupeStore
+    from headwater.processing.dedupe.file_store import FileDedupeStore, migrate_sqlite
 
-    return SqliteDedupeStore(paths.root / "state" / "dedupe.db", window_ms)
+    store = FileDedupeStore(paths.root / "state" / "dedupe", window_ms)
+    earlier = paths.root / "state" / "dedupe.db"  # the layout of earlier versions
+    if earlier.exists():
+        moved = migrate_sqlite(earlier, store)
+        log.info("dedupe: moved %d claims from %s to %s", moved, earlier, store.directory)
+    return store
