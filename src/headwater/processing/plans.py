@@ -157,10 +157,11 @@ class TrackingPlans:
                 continue
             if planned.plan.checks is not None:  # the short path, inlined: the common case
                 head = item.head if item.original is None else None
-                if head is not None and _remembered(head.type, head.event):
-                    check = planned.shortcuts.get((head.type, head.event), _UNMADE)
+                kind, event = (head.type, head.event) if head is not None else (None, None)
+                if type(kind) is str and (event is None or type(event) is str):  # _remembered
+                    check = planned.shortcuts.get((kind, event), _UNMADE)
                     if check is _UNMADE:
-                        check = self._shortcut(planned, head.type, head.event)
+                        check = self._shortcut(planned, kind, event)
                     if check is not None and check.passes(item.message):
                         continue  # nothing to record, nothing to change
                 elif self._passes(item, planned):

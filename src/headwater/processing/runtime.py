@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
+from xxhash import xxh3_64_intdigest
 
 from headwater.accounting.store import AccountingStore, Mark
 from headwater.accounting.tally import INGEST, RECEIVED, Tally, now_ms
 from headwater.events.stamp import decode_stamp
 from headwater.log.base import Log, LogError, PartitionConsumer
-from headwater.log.records import RecordBatch, Run, encode_run, partition_for
+from headwater.log.records import RecordBatch, Run, encode_run
 from headwater.observability.metrics import Snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,16 @@ def producer_name(stage: str, partition: int) -> str:
 def outputs_of(items: Sequence[Item], partitions: int) -> list[Run]:
     """The runs to append for the items still on their way: per output partition and source."""
     grouped: dict[tuple[int, str, bytes | None], list[bytes]] = {}
+    digest = xxh3_64_intdigest  # `partition_for`, inlined: this runs once per message
     for item in items:
         if item.outcome:
             continue
-        key = (partition_for(item.key, partitions), item.source_id, item.stamp)
-        grouped.setdefault(key, []).append(item.message)
+        key = (digest(item.key.encode()) % partitions, item.source_id, item.stamp)
+        run = grouped.get(key)
+        if run is None:
+            grouped[key] = [item.message]
+        else:
+            run.append(item.message)
     return [
         Run(p, encode_run(source_id, stamp, messages), len(messages))
         for (p, source_id, stamp), messages in grouped.items()

@@ -47,7 +47,9 @@ class ProfileKey:
         for item in items:
             if item.outcome or item.key:
                 continue
-            r = routing(item)
+            r = item.head if item.original is None else None  # `routing`, inlined when known
+            if r is None:
+                r = routing(item)
             if r is None:
                 item.stop(FAILED, "invalid_message")
                 continue

@@ -127,10 +127,10 @@ class FileDedupeStore:
     def _claim(self, claims: list[tuple[str, str]], now_ms: int) -> list[bool]:
         fps = fingerprints([mid for mid, _pos in claims])
         maybe = self._index.candidates(fps)
-        if not maybe and len({mid for mid, _pos in claims}) == len(claims):
-            # the common case: every id is new, and once; claimed in one go
+        if not maybe and len(set(fps)) == len(fps):
+            # the common case: every id is new, and once (no fingerprint twice); in one go
             if claims:
-                self._append(claims, fps, now_ms)
+                self._append(claims, fps, now_ms, new_and_once=True)
             return [False] * len(claims)
         oldest = now_ms - self.window_ms
         owners: dict[str, str] = {}  # id -> the position that holds it, as of this call
@@ -192,7 +192,14 @@ class FileDedupeStore:
             fd = self._readers[number] = os.open(self._path(number), os.O_RDONLY)
         return fd
 
-    def _append(self, claims: list[tuple[str, str]], fps: list[int], now_ms: int) -> None:
+    def _append(
+        self,
+        claims: list[tuple[str, str]],
+        fps: list[int],
+        now_ms: int,
+        *,
+        new_and_once: bool = False,
+    ) -> None:
         """Write `claims` (with their fingerprints) as frames, in one write, then index them."""
         seg = self._writable(now_ms)
         assert self._fd is not None
@@ -220,7 +227,7 @@ class FileDedupeStore:
         seg.size = offset
         seg.claims += len(claims)
         seg.last_ms = max(seg.last_ms, now_ms)
-        self._index.add(fps, locators)
+        self._index.add(fps, locators, new_and_once=new_and_once)
 
     def _writable(self, now_ms: int) -> Segment:
         """The segment to append to at `now_ms`: the newest, or a new one once the newest

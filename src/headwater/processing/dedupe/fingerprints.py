@@ -55,7 +55,9 @@ class FingerprintIndex:
         """The locators that may hold the id of `fps[i]`, by `i`; an index not in the answer
         is surely a new id."""
         fresh = self._fresh
-        out = {i: [fresh[fp]] for i, fp in enumerate(fps) if fp in fresh}
+        out = {}
+        if not fresh.keys().isdisjoint(fps):  # checked in C; usually nothing is there
+            out = {i: [fresh[fp]] for i, fp in enumerate(fps) if fp in fresh}
         for fp, locator in self._shared:
             for i in (i for i, f in enumerate(fps) if f == fp):
                 out.setdefault(i, []).append(locator)
@@ -73,10 +75,11 @@ class FingerprintIndex:
                 out.setdefault(i, []).extend(locators[start:end].tolist())
         return out
 
-    def add(self, fps: list[int], locators: list[int]) -> None:
-        """Remember that the claim at `locators[i]` has fingerprint `fps[i]`."""
+    def add(self, fps: list[int], locators: list[int], *, new_and_once: bool = False) -> None:
+        """Remember that the claim at `locators[i]` has fingerprint `fps[i]`; `new_and_once`:
+        the caller knows that no fingerprint of `fps` is here and none is twice in it."""
         fresh = self._fresh
-        if fresh.keys().isdisjoint(fps) and len(set(fps)) == len(fps):
+        if new_and_once or (fresh.keys().isdisjoint(fps) and len(set(fps)) == len(fps)):
             fresh.update(zip(fps, locators, strict=True))  # the common case, in one C pass
         else:
             for fp, locator in zip(fps, locators, strict=True):
