@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/dedupe.py [--ids 10000000] [--redis-ids 1000000]
 
-(1) The SQLite store (embedded): claims `--ids` distinct random UUID v4 messageIds, in
+(1) The embedded store (segment files): claims `--ids` distinct random UUID v4 messageIds, in
     chunks of 10,000 as the processor does, and reports the process's resident memory before
-    and after (VmRSS) and per remembered id, the file size on disk, and claims per second.
+    and after (VmRSS) and per remembered id, the files' size on disk, and claims per second.
 (2) The Redis store on the real server: claims `--redis-ids` ids and reports the server's
     `used_memory` per key and claims per second. Its keys are deleted at the end.
 Baseline for the ratio: a Python `set` holding the same ids (what "remember them in RAM" costs).
@@ -47,7 +47,7 @@ def ids(n: int, salt: int) -> list[str]:
     return out
 
 
-def bench_sqlite(n: int) -> dict[str, float]:
+def bench_embedded(n: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         store = FileDedupeStore(Path(d) / "dedupe", window_ms=7 * 86_400_000)
         before = rss_bytes()
@@ -60,7 +60,7 @@ def bench_sqlite(n: int) -> dict[str, float]:
             duplicates += sum(store.claim(claims, now))
         elapsed = time.perf_counter() - started
         after = rss_bytes()
-        size = sum(p.stat().st_size for p in Path(d).iterdir())
+        size = sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file())
         store.close()
     return {
         "ids": n,
@@ -112,9 +112,9 @@ def main() -> int:
     p.add_argument("--redis-ids", type=int, default=1_000_000)
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = p.parse_args()
-    # The SQLite store first: memory freed by the others could hide what it allocates.
-    print(f"SQLite store, {args.ids:,} distinct ids ...", flush=True)
-    sq = bench_sqlite(args.ids)
+    # The embedded store first: memory freed by the others could hide what it allocates.
+    print(f"embedded store, {args.ids:,} distinct ids ...", flush=True)
+    sq = bench_embedded(args.ids)
     print(f"Redis store, {args.redis_ids:,} distinct ids ...", flush=True)
     rd = bench_redis(args.redis_ids, args.redis)
     print(f"python set of {min(args.ids, 2_000_000):,} ids (baseline) ...", flush=True)
@@ -126,7 +126,7 @@ def main() -> int:
         f"{'-':>11}{'-':>12}{'1.00x':>8}"
     )
     print(
-        f"{'SQLite (embedded)':<22}{sq['ids']:>12,}{sq['rss_bytes_per_id']:>10.1f}"
+        f"{'embedded (files)':<22}{sq['ids']:>12,}{sq['rss_bytes_per_id']:>10.1f}"
         f"{sq['disk_bytes_per_id']:>11.1f}{sq['claims_per_s']:>12,.0f}"
         f"{sq['rss_bytes_per_id'] / base['rss_bytes_per_id']:>7.2f}x"
     )
