@@ -84,12 +84,33 @@ class TrackingPlanConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     rules: PlanRules = PlanRules()
 
 
+class IdentityTypeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How identity resolution treats one identifier type (unset: Segment's default)."""
+
+    limit: int | None = None  # values of this type a profile may hold within `period`
+    period: int | float | str | None = None  # a duration, or "ever"
+    priority: int | None = None  # 1 is the highest: dropped last when a limit is hit
+    blocked: list[str] | None = None  # values never used to match (whole, ignoring case)
+    blocked_patterns: list[str] | None = None  # regular expressions (`re.search`)
+
+
+class IdentityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Identity resolution settings of a workspace, by identifier type."""
+
+    types: dict[str, IdentityTypeConfig] = {}
+    max_merges: int = 100  # merges a profile may take part in
+    max_identifiers: int = 1000  # identifiers a profile may hold
+
+
 class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A workspace, its tracking plans and its sources."""
+    """A workspace, its tracking plans and its sources, its identity settings, and the access
+    tokens of its Profile API (the space id is the workspace's name)."""
 
     name: str
     sources: list[SourceConfig] = []
     tracking_plans: list[TrackingPlanConfig] = []
+    identity: IdentityConfig = IdentityConfig()
+    access_tokens: list[str] = []
 
 
 class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -218,6 +239,7 @@ def _check(config: Config) -> None:
         seen_ws.add(ws.name)
         for plan in ws.tracking_plans:
             check_plan(ws.name, plan)
+        check_identity(ws.name, ws.identity)
         plans = {plan.name for plan in ws.tracking_plans}
         if len(plans) != len(ws.tracking_plans):
             raise ValueError(f"a tracking plan is declared twice in workspace {ws.name!r}")
@@ -280,3 +302,28 @@ def check_plan(workspace: str, plan: TrackingPlanConfig) -> None:
                 f"tracking plan {plan.name!r} of workspace {workspace!r}: the {what} rule is "
                 f"not a valid JSON Schema: {exc}"
             ) from None
+
+
+def check_identity(workspace: str, identity: IdentityConfig) -> None:
+    """Limits, periods and blocked patterns of a workspace's identity settings must be usable."""
+    where = f"workspace {workspace!r}, identity"
+    if identity.max_merges < 1 or identity.max_identifiers < 1:
+        raise ValueError(f"{where}: max_merges and max_identifiers must be at least 1")
+    for name, t in identity.types.items():
+        if not re.fullmatch(r"[a-z0-9_.-]{1,64}", name):
+            raise ValueError(f"{where}: {name!r} is not an identifier type (a-z, 0-9, _ . -)")
+        if t.limit is not None and t.limit < 1:
+            raise ValueError(f"{where}: the limit of {name!r} must be at least 1")
+        if t.priority is not None and t.priority < 1:
+            raise ValueError(f"{where}: the priority of {name!r} must be at least 1")
+        if t.period is not None and t.period != "ever":
+            try:
+                parse_duration(t.period)
+            except ValueError as exc:
+                raise ValueError(f"{where}: the period of {name!r}: {exc} or 'ever'") from None
+        for pattern in t.blocked_patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                why = f"{where}: blocked pattern {pattern!r} of {name!r}: {exc}"
+                raise ValueError(why) from None

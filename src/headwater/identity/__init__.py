@@ -1,0 +1,1 @@
+"""Identity resolution: identifiers of messages matched into profiles (Segment's Unify)."""
