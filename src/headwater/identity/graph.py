@@ -80,6 +80,7 @@ class Resolution:
     merged: list[str] = field(default_factory=list)  # profiles merged into it
     dropped: list[Ident] = field(default_factory=list)  # identifiers left out by a rule
     blocked: list[Ident] = field(default_factory=list)
+    changed: bool = False  # whether the graph changed (a replay of a message changes nothing)
 
 
 class Graph:
@@ -173,14 +174,18 @@ def resolve(graph: Graph, settings: IdentitySettings, message: Message) -> Resol
         for other in owners[1:]:
             _merge(graph, other, survivor, message)
             result.merged.append(other.id)
+        changed = result.created or bool(result.merged)
         for ident in idents:
             if ident not in survivor.identifiers:
                 survivor.identifiers[ident] = Held(
                     message.at_ms, message.message_id, message.source_id
                 )
                 graph.set_owner(ident, survivor.id)
-        graph.touch(survivor)
+                changed = True
+        if changed:
+            graph.touch(survivor)
         result.profile_id = survivor.id
+        result.changed = changed
         return result
     return result
 
