@@ -172,7 +172,7 @@ def tally_items(stage: str, items: Sequence[Item], after: int | None = None) -> 
     for (source_id, stamp, outcome, reason, via), n in counts.items():
         at = minutes.get(stamp)
         if at is None:
-            at = minutes[stamp] = _received_ms(stamp, now)
+            at = minutes[stamp] = received_ms(stamp, now)
         tally.outcome(source_id, at, INGEST, RECEIVED, via, n)
         tally.outcome(source_id, at, stage, outcome or PROCESSED, reason, n)
     for item in filter(_violations_of, items):
@@ -183,7 +183,9 @@ def tally_items(stage: str, items: Sequence[Item], after: int | None = None) -> 
     return tally
 
 
-def _received_ms(stamp: bytes | None, default: int) -> int:
+def received_ms(stamp: bytes | None, default: int) -> int:
+    """When the request of a message read as stored (with its `stamp`) arrived, in ms since
+    the epoch; `default` for a message without a readable stamp."""
     if stamp is None:
         return default
     try:

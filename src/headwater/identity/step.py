@@ -1,0 +1,76 @@
+"""The identity step of the processor: each message resolved into a profile, keyed and
+stamped with it.
+
+Per unit, the messages of each workspace are resolved in order in one transaction
+(`IdentityResolver`). A message that lands on a profile leaves with `profileId` (the canonical
+profile id, `use_...`) as its first field and as its key, so the `events` log is partitioned
+by profile. A message without a usable identifier is left to the steps after this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from headwater.accounting.tally import now_ms
+from headwater.identity.graph import Message
+from headwater.identity.identifiers import decode_identity, identifiers, text
+from headwater.identity.resolver import IdentityResolver
+from headwater.processing.runtime import Item, received_ms
+
+PROFILE_FIELD = b'"profileId"'
+
+
+class IdentityStep:
+    """Resolves identities of the sources whose workspace has identity resolution on."""
+
+    name = "identity"
+
+    def __init__(
+        self, resolver: IdentityResolver, workspace_of: Callable[[str], str | None]
+    ) -> None:
+        self.resolver = resolver
+        self.workspace_of = workspace_of  # source id -> workspace name (None: not resolved)
+
+    def __call__(self, items: list[Item]) -> None:
+        by_workspace: dict[str, list[tuple[Item, Message]]] = {}
+        received: dict[bytes | None, int] = {}
+        now = now_ms()
+        for item in items:
+            if item.outcome:
+                continue
+            workspace = self.workspace_of(item.source_id)
+            if workspace is None:
+                continue
+            fields = decode_identity(item.message)
+            if fields is None:
+                continue
+            at_ms = received.get(item.stamp)
+            if at_ms is None:
+                at_ms = received[item.stamp] = received_ms(item.stamp, now)
+            message = Message(
+                text(fields.messageId) or item.position,
+                item.source_id,
+                at_ms,
+                identifiers(fields),
+                text(fields.previousId) if fields.type == "alias" else None,
+            )
+            by_workspace.setdefault(workspace, []).append((item, message))
+        for workspace, pairs in by_workspace.items():
+            results = self.resolver.resolve_unit(workspace, [m for _i, m in pairs])
+            for (item, _m), result in zip(pairs, results, strict=True):
+                if result.profile_id is not None:
+                    item.key = result.profile_id
+                    item.message = with_profile_id(item.message, result.profile_id)
+
+
+def with_profile_id(message: bytes, profile_id: str) -> bytes:
+    """`message` (a JSON object) with `profileId` set to `profile_id`, as its first field."""
+    field = b'{"profileId":' + msgspec.json.encode(profile_id)
+    if PROFILE_FIELD not in message:
+        rest = message.lstrip()[1:].lstrip()
+        return field + (b"}" if rest.startswith(b"}") else b"," + rest)
+    decoded = msgspec.json.decode(message)  # a client sent its own: ours replaces it
+    decoded.pop("profileId", None)
+    return with_profile_id(msgspec.json.encode(decoded), profile_id)
