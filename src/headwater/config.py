@@ -97,6 +97,7 @@ class IdentityTypeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True
 class IdentityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Identity resolution settings of a workspace, by identifier type."""
 
+    enabled: bool = False  # embedded processors only, for now (`state.backend: embedded`)
     types: dict[str, IdentityTypeConfig] = {}
     max_merges: int = 100  # merges a profile may take part in
     max_identifiers: int = 1000  # identifiers a profile may hold

@@ -22,6 +22,10 @@ from headwater.accounting import AccountingStore, open_accounting
 from headwater.config import Config, parse_duration, parse_size
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import ControlStore
+from headwater.identity.resolver import IdentityResolver
+from headwater.identity.settings import identity_settings
+from headwater.identity.sqlite_store import SqliteIdentityStore
+from headwater.identity.step import IdentityStep
 from headwater.log.base import Log
 from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.retention import enforce_retention
@@ -50,10 +54,29 @@ EXPIRE_EVERY_S = 60.0
 PLANS_EVERY_S = 2.0
 
 
-def processor_steps(dedupe: DedupeStore | None, plans: TrackingPlans) -> list[Step]:
-    """The processor's steps, in order (the identity issue adds identity resolution)."""
+def processor_steps(
+    dedupe: DedupeStore | None, plans: TrackingPlans, identity: Step | None = None
+) -> list[Step]:
+    """The processor's steps, in order."""
     steps: list[Step] = [] if dedupe is None else [Dedupe(dedupe)]
-    return [*steps, plans, ProfileKey()]
+    return [*steps, plans, *([identity] if identity is not None else []), ProfileKey()]
+
+
+def open_identity(
+    config: Config, paths: DataPaths, control: ControlStore
+) -> tuple[IdentityStep, SqliteIdentityStore] | None:
+    """The identity step, if a workspace of `config` turns identity resolution on."""
+    enabled = {ws.name: ws for ws in config.workspaces if ws.identity.enabled}
+    if not enabled:
+        return None
+    if config.state.backend != "embedded":
+        log.warning("identity resolution runs only with state.backend: embedded for now; off")
+        return None
+    settings = {name: identity_settings(ws.identity) for name, ws in enabled.items()}
+    workspace_of = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
+    store = SqliteIdentityStore(paths.root / "state" / "identity.db")
+    resolver = IdentityResolver(store, settings.__getitem__)
+    return IdentityStep(resolver, workspace_of.get), store
 
 
 @dataclass
@@ -106,7 +129,9 @@ async def run_processor(
         loop.create_task(_follow_plans(catalog, plans)),
         loop.create_task(_expire_forever(accounting, dedupe)),
     ]
-    parts = Parts(processor_steps(dedupe, plans), accounting)
+    identity = open_identity(config, paths, control)
+    step = identity[0] if identity is not None else None
+    parts = Parts(processor_steps(dedupe, plans, step), accounting)
     try:
         if config.log.backend == "jetstream":
             await _run_jetstream(config, stop, member or member_id(), metrics, parts)
@@ -117,6 +142,8 @@ async def run_processor(
             task.cancel()
         if dedupe is not None:
             dedupe.close()
+        if identity is not None:
+            identity[1].close()
         accounting.close()
         control.close()
         with contextlib.suppress(OSError):

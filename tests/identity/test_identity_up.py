@@ -1,0 +1,83 @@
+"""Through `headwater up`: events from two devices and one sign-up land on one profile, and
+the `events` log is partitioned by it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from headwater.log.embedded.reader import EmbeddedLogReader
+from headwater.log.embedded.store import LogLayoutError
+from headwater.log.records import partition_for
+from tests.support.fleet import wait_until
+from tests.support.server import HeadwaterServer, basic
+
+KEY = "wk_identity_1"
+CONFIG = f"""
+log: {{partitions: 4}}
+workspaces:
+  - name: acme
+    identity: {{enabled: true}}
+    sources:
+      - name: web
+        write_keys: [{KEY}]
+"""
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[HeadwaterServer]:
+    s = HeadwaterServer(tmp_path, CONFIG)
+    s.start()
+    yield s
+    s.stop()
+
+
+def events(server: HeadwaterServer) -> list[tuple[int, dict[str, Any]]]:
+    reader = EmbeddedLogReader(server.data / "log" / "events")
+    out = []
+    try:
+        for p in range(reader.partitions):
+            offset = 0
+            while batches := reader.read(p, offset):
+                for batch in batches:
+                    out += [(p, msgspec.json.decode(r.message)) for r in batch.records]
+                    offset = batch.end_offset
+    finally:
+        reader.close()
+    return out
+
+
+def test_two_devices_and_a_sign_up_make_one_profile(server: HeadwaterServer) -> None:
+    batch = [
+        {"type": "page", "anonymousId": "laptop", "messageId": "m1", "name": "Home"},
+        {"type": "screen", "anonymousId": "phone", "messageId": "m2", "name": "Feed"},
+        {"type": "identify", "anonymousId": "laptop", "userId": "ada", "messageId": "m3"},
+        {"type": "identify", "anonymousId": "phone", "userId": "ada", "messageId": "m4"},
+        {"type": "track", "userId": "ada", "event": "Order Completed", "messageId": "m5"},
+        {"type": "track", "anonymousId": "someone-else", "event": "Viewed", "messageId": "m6"},
+    ]
+    with server.client() as http:
+        for message in batch:  # one request each, in order: resolution follows arrival
+            r = http.post(
+                "/v1/batch", json={"batch": [message]}, headers={"Authorization": basic(KEY)}
+            )
+            assert r.status_code == 200
+            assert wait_until(lambda n=message["messageId"]: _has(server, n), 20)
+    stored = {m["messageId"]: (p, m) for p, m in events(server)}
+    ada = stored["m5"][1]["profileId"]
+    assert ada.startswith("use_")
+    assert {stored[m][1]["profileId"] for m in ("m3", "m4", "m5")} == {ada}
+    assert stored["m6"][1]["profileId"] != ada
+    for partition, message in stored.values():
+        assert partition == partition_for(message["profileId"], 4)
+
+
+def _has(server: HeadwaterServer, message_id: str) -> bool:
+    try:
+        return any(m.get("messageId") == message_id for _p, m in events(server))
+    except LogLayoutError:  # the processor has not written `events` yet
+        return False
