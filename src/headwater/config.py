@@ -319,9 +319,14 @@ def check_identity(workspace: str, identity: IdentityConfig) -> None:
             raise ValueError(f"{where}: the priority of {name!r} must be at least 1")
         if t.period is not None and t.period != "ever":
             try:
-                parse_duration(t.period)
+                period = parse_duration(t.period)
             except ValueError as exc:
                 raise ValueError(f"{where}: the period of {name!r}: {exc} or 'ever'") from None
+            if not 0 < period < 100 * 365 * 86_400:  # also refuses NaN
+                raise ValueError(
+                    f"{where}: the period of {name!r} must be longer than 0 and shorter than "
+                    "100 years, or 'ever'"
+                )
         for pattern in t.blocked_patterns or []:
             try:
                 re.compile(pattern)

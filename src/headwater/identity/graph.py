@@ -114,6 +114,10 @@ class Graph:
                 self.owners[ident] = pid
         return None if pid is None else self.canonical(pid)
 
+    def known_missing(self, idents: Iterable[Ident]) -> None:
+        """No profile holds `idents` (read at once by the store): not looked up one by one."""
+        self._missing.update(idents)
+
     def profile(self, pid: str) -> Profile | None:
         found = self.profiles.get(pid)
         if found is None and self._load_profile is not None:
@@ -123,9 +127,11 @@ class Graph:
         return found
 
     def canonical(self, pid: str) -> str:
-        """The profile `pid` was merged into, through every merge since."""
+        """The profile `pid` was merged into, through every merge since. A store keeps every
+        identifier on its canonical profile, so only merges made here are followed (a profile
+        not loaded is canonical as far as the identifiers read from the store go)."""
         seen = 0
-        while (p := self.profile(pid)) is not None and p.merged_into is not None:
+        while (p := self.profiles.get(pid)) is not None and p.merged_into is not None:
             pid = p.merged_into
             seen += 1
             if seen > 10_000:
@@ -162,6 +168,10 @@ def resolve(graph: Graph, settings: IdentitySettings, message: Message) -> Resol
         elif ident not in idents:
             idents.append(ident)
     idents.sort(key=lambda i: settings.rules(i.kind).priority)  # stable: message order on ties
+    known = {graph.owner(i) for i in idents}
+    if len(known) == 1 and None not in known:  # the common case: nothing new, nothing to join
+        result.profile_id = known.pop()
+        return result
     while idents:
         owners = _owners(graph, idents)
         if _breaks_a_rule(settings, owners, idents, message.at_ms):
@@ -218,7 +228,7 @@ def _breaks_a_rule(
     biggest = max((len(p.identifiers) for p in owners), default=0)
     if len(combined) > settings.max_identifiers and len(combined) > biggest:
         return True
-    for kind in {i.kind for i in idents}:
+    for kind in {i.kind for i in combined}:  # every type: a merge can join two user ids
         rules = settings.rules(kind)
         since = None if rules.period_ms is None else at_ms - rules.period_ms
         total = _count(combined.items(), kind, since)

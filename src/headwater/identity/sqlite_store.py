@@ -101,13 +101,16 @@ class SqliteIdentityStore:
         wanted = list(dict.fromkeys(idents))
         for start in range(0, len(wanted), 300):
             chunk = wanted[start : start + 300]
-            where = " OR ".join(["(kind = ? AND value = ?)"] * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT kind, value, profile FROM identifiers WHERE workspace = ? AND ({where})",  # noqa: S608 - placeholders only
-                [workspace, *(x for ident in chunk for x in ident)],
+            values = ",".join(["(?,?)"] * len(chunk))
+            rows = self._conn.execute(  # CROSS JOIN: one primary-key search per wanted one
+                f"WITH wanted(kind, value) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+                "SELECT i.kind, i.value, i.profile FROM wanted CROSS JOIN identifiers AS i "
+                "ON i.workspace = ? AND i.kind = wanted.kind AND i.value = wanted.value",
+                [*(x for ident in chunk for x in ident), workspace],
             ).fetchall()
             for kind, value, profile in rows:
                 graph.owners[Ident(kind, value)] = profile
+        graph.known_missing(i for i in wanted if i not in graph.owners)
         return graph
 
     def save(self, workspace: str, graph: Graph, journal: list[JournalEntry]) -> None:
@@ -183,7 +186,7 @@ class SqliteIdentityStore:
         profile = Profile(pid, row[0], row[1], row[2], row[3])
         for kind, value, first_ms, message_id, source_id in self._conn.execute(
             "SELECT kind, value, first_ms, message_id, source_id FROM identifiers "
-            "WHERE workspace = ? AND profile = ?",
+            "INDEXED BY identifiers_by_profile WHERE workspace = ? AND profile = ?",
             (workspace, pid),
         ):
             profile.identifiers[Ident(kind, value)] = Held(first_ms, message_id, source_id)
@@ -193,6 +196,19 @@ class SqliteIdentityStore:
         """The canonical profile holding `ident` (None: no profile holds it)."""
         graph = self.graph(workspace)
         return graph.owner(ident)
+
+    def current_profile(self, workspace: str, pid: str) -> str | None:
+        """The canonical profile that profile `pid` is now (None: no such profile)."""
+        for _ in range(10_000):
+            row = self._conn.execute(
+                "SELECT merged_into FROM profiles WHERE workspace = ? AND id = ?", (workspace, pid)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] is None:
+                return pid
+            pid = row[0]
+        raise RuntimeError(f"identity graph: a cycle of merges through {pid}")
 
     def updates(self, workspace: str) -> list[GraphUpdate]:
         """Every merge of `workspace`, in order."""
