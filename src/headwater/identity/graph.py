@@ -168,9 +168,9 @@ def resolve(graph: Graph, settings: IdentitySettings, message: Message) -> Resol
         elif ident not in idents:
             idents.append(ident)
     idents.sort(key=lambda i: settings.rules(i.kind).priority)  # stable: message order on ties
-    known = {graph.owner(i) for i in idents}
-    if len(known) == 1 and None not in known:  # the common case: nothing new, nothing to join
-        result.profile_id = known.pop()
+    holders = {graph.owner(i) for i in idents}
+    if len(holders) == 1 and None not in holders:  # the common case: nothing new or to join
+        result.profile_id = holders.pop()
         return result
     while idents:
         owners = _owners(graph, idents)
