@@ -15,6 +15,7 @@ from headwater.identity.identifiers import (
     decode_identity,
     group_of,
     identifiers,
+    traits_of,
 )
 
 
@@ -157,12 +158,32 @@ def test_group_calls_link_a_group_but_never_identify() -> None:
         b'{"userId": "u1"',
         b"\xff\xfe",
         b'{"context": "web"}',
-        b'{"traits": ["a@x.io"]}',
         b'{"context": {"externalIds": {"id": "x"}}}',
     ],
 )
 def test_not_a_json_object_of_the_expected_shape(raw: bytes) -> None:
     assert decode_identity(raw) is None
+
+
+def test_traits_that_are_not_an_object_are_ignored_not_the_message() -> None:
+    fields = decode_identity(b'{"userId": "u1", "traits": ["a@x.io"]}')
+    assert fields is not None
+    assert identifiers(fields) == [Ident("user_id", "u1")]
+    assert traits_of(fields) == {}
+
+
+def test_traits_of_identify_and_context() -> None:
+    raw = (
+        b'{"type": "identify", "userId": "u1", "traits": {"plan": "pro", "name": null},'
+        b' "context": {"traits": {"plan": "free", "city": "Oslo"}}}'
+    )
+    fields = decode_identity(raw)
+    assert fields is not None
+    assert traits_of(fields) == {"plan": "pro", "name": None, "city": "Oslo"}
+    track = decode_identity(
+        b'{"type": "track", "traits": {"x": 1}, "context": {"traits": {"y": 2}}}'
+    )
+    assert track is not None and traits_of(track) == {"y": 2}
 
 
 @pytest.mark.parametrize("blank", ["", " ", "\t", "\n  "])

@@ -29,10 +29,6 @@ class Ident(NamedTuple):
     value: str
 
 
-class _Traits(msgspec.Struct):
-    email: Any = None
-
-
 class _Device(msgspec.Struct):
     id: Any = None
     advertisingId: Any = None
@@ -47,7 +43,7 @@ class _ExternalId(msgspec.Struct):
 
 
 class _Context(msgspec.Struct):
-    traits: _Traits | None = None
+    traits: Any = None
     device: _Device | None = None
     externalIds: list[_ExternalId] | None = None
 
@@ -61,7 +57,9 @@ class IdentityFields(msgspec.Struct):
     anonymousId: Any = None
     previousId: Any = None
     groupId: Any = None
-    traits: _Traits | None = None
+    event: Any = None
+    timestamp: Any = None
+    traits: Any = None
     context: _Context | None = None
 
 
@@ -106,12 +104,12 @@ def identifiers(fields: IdentityFields) -> list[Ident]:
 
     add("user_id", fields.userId)
     add("anonymous_id", fields.anonymousId)
-    if fields.traits is not None:
-        add("email", fields.traits.email)
+    if isinstance(fields.traits, dict):
+        add("email", fields.traits.get("email"))
     ctx = fields.context
     if ctx is not None:
-        if ctx.traits is not None:
-            add("email", ctx.traits.email)
+        if isinstance(ctx.traits, dict):
+            add("email", ctx.traits.get("email"))
         if ctx.device is not None:
             d = ctx.device
             platform = _platform(d)
@@ -128,3 +126,14 @@ def identifiers(fields: IdentityFields) -> list[Ident]:
 def group_of(fields: IdentityFields) -> str | None:
     """The group a `group` call links the profile to."""
     return text(fields.groupId) if fields.type == "group" else None
+
+
+def traits_of(fields: IdentityFields) -> dict[str, Any]:
+    """The traits a message sets on its profile: `context.traits`, then an `identify` call's
+    own `traits` over them (a `group` call's traits describe the group, not the person)."""
+    out: dict[str, Any] = {}
+    if fields.context is not None and isinstance(fields.context.traits, dict):
+        out.update(fields.context.traits)
+    if fields.type == "identify" and isinstance(fields.traits, dict):
+        out.update(fields.traits)
+    return out
