@@ -101,6 +101,7 @@ class IdentityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     types: dict[str, IdentityTypeConfig] = {}
     max_merges: int = 100  # merges a profile may take part in
     max_identifiers: int = 1000  # identifiers a profile may hold
+    recent_events: int | float | str = "14d"  # how long a profile keeps its events
 
 
 class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -308,6 +309,8 @@ def check_plan(workspace: str, plan: TrackingPlanConfig) -> None:
 def check_identity(workspace: str, identity: IdentityConfig) -> None:
     """Limits, periods and blocked patterns of a workspace's identity settings must be usable."""
     where = f"workspace {workspace!r}, identity"
+    if parse_duration(identity.recent_events) <= 0:
+        raise ValueError(f"{where}: recent_events must be longer than 0")
     if identity.max_merges < 1 or identity.max_identifiers < 1:
         raise ValueError(f"{where}: max_merges and max_identifiers must be at least 1")
     for name, t in identity.types.items():

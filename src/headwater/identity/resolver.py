@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 from headwater.identity.graph import Message, Resolution, resolve
 from headwater.identity.identifiers import Ident
+from headwater.identity.profiles import ProfileChange
 from headwater.identity.settings import IdentitySettings, identity_settings
 from headwater.identity.sqlite_store import JournalEntry, SqliteIdentityStore
 
@@ -22,8 +23,14 @@ class IdentityResolver:
         self.store = store
         self._settings = settings or (lambda _ws: identity_settings())
 
-    def resolve_unit(self, workspace: str, messages: list[Message]) -> list[Resolution]:
-        """Resolve `messages` in order; what changed the graph is journaled with it."""
+    def resolve_unit(
+        self,
+        workspace: str,
+        messages: list[Message],
+        profile_changes: Callable[[list[Resolution]], list[ProfileChange]] | None = None,
+    ) -> list[Resolution]:
+        """Resolve `messages` in order; what changed the graph is journaled with it, and what
+        `profile_changes` makes of the results is written with it."""
         wanted: list[Ident] = []
         for m in messages:
             wanted += m.identifiers
@@ -47,8 +54,9 @@ class IdentityResolver:
                     )
                 )
             results.append(r)
-        if journal:
-            self.store.save(workspace, graph, journal)
+        changes = profile_changes(results) if profile_changes is not None else []
+        if journal or changes:
+            self.store.save(workspace, graph, journal, changes)
         return results
 
 

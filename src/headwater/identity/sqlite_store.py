@@ -26,6 +26,13 @@ import msgspec
 
 from headwater.identity.graph import Graph, GraphUpdate, Held, Message, Profile
 from headwater.identity.identifiers import Ident
+from headwater.identity.profiles import (
+    PROFILE_SCHEMA,
+    ProfileChange,
+    ProfileReader,
+    expire_events,
+    write_changes,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS identifiers(
@@ -82,7 +89,7 @@ class SqliteIdentityStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(SCHEMA + PROFILE_SCHEMA)
         self._lock = threading.Lock()
 
     # -- a unit of work ------------------------------------------------------------------
@@ -113,14 +120,21 @@ class SqliteIdentityStore:
         graph.known_missing(i for i in wanted if i not in graph.owners)
         return graph
 
-    def save(self, workspace: str, graph: Graph, journal: list[JournalEntry]) -> None:
-        """Write what `graph` changed, its updates and the journal entries, in one
-        transaction."""
+    def save(
+        self,
+        workspace: str,
+        graph: Graph,
+        journal: list[JournalEntry],
+        changes: list[ProfileChange] | None = None,
+    ) -> None:
+        """Write what `graph` changed, its updates, the journal entries and what the messages
+        bring to their profiles, in one transaction."""
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._write(workspace, graph, journal)
+                write_changes(conn, workspace, changes or [])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -243,6 +257,15 @@ class SqliteIdentityStore:
         ):
             groups.setdefault(profile, set()).add(Ident(kind, value))
         return {frozenset(g) for g in groups.values()}
+
+    def reader(self, workspace: str) -> ProfileReader:
+        """Reads of `workspace`'s profiles."""
+        return ProfileReader(self._conn, workspace)
+
+    def expire(self, workspace: str, before_ms: int) -> int:
+        """Forget `workspace`'s events received before `before_ms`; returns how many went."""
+        with self._lock:
+            return expire_events(self._conn, workspace, before_ms)
 
     def close(self) -> None:
         self._conn.close()

@@ -14,12 +14,21 @@ from collections.abc import Callable
 import msgspec
 
 from headwater.accounting.tally import now_ms
-from headwater.identity.graph import Message
-from headwater.identity.identifiers import decode_identity, identifiers, text
+from headwater.identity.graph import Message, Resolution
+from headwater.identity.identifiers import (
+    IdentityFields,
+    decode_identity,
+    group_of,
+    identifiers,
+    text,
+    traits_of,
+)
+from headwater.identity.profiles import ProfileChange
 from headwater.identity.resolver import IdentityResolver
 from headwater.processing.runtime import Item, received_ms
 
 PROFILE_FIELD = b'"profileId"'
+Found = tuple[Item, Message, IdentityFields]
 
 
 class IdentityStep:
@@ -32,9 +41,10 @@ class IdentityStep:
     ) -> None:
         self.resolver = resolver
         self.workspace_of = workspace_of  # source id -> workspace name (None: not resolved)
+        self.retention_ms: dict[str, int] = {}  # how long each workspace's profiles keep events
 
     def __call__(self, items: list[Item]) -> None:
-        by_workspace: dict[str, list[tuple[Item, Message]]] = {}
+        by_workspace: dict[str, list[tuple[Item, Message, IdentityFields]]] = {}
         received: dict[bytes | None, int] = {}
         now = now_ms()
         for item in items:
@@ -56,13 +66,32 @@ class IdentityStep:
                 identifiers(fields),
                 text(fields.previousId) if fields.type == "alias" else None,
             )
-            by_workspace.setdefault(workspace, []).append((item, message))
-        for workspace, pairs in by_workspace.items():
-            results = self.resolver.resolve_unit(workspace, [m for _i, m in pairs])
-            for (item, _m), result in zip(pairs, results, strict=True):
-                if result.profile_id is not None:
+            by_workspace.setdefault(workspace, []).append((item, message, fields))
+        for workspace, found in by_workspace.items():
+
+            def changes(
+                results: list[Resolution], found: list[Found] = found
+            ) -> list[ProfileChange]:
+                out = []
+                for (item, message, fields), result in zip(found, results, strict=True):
+                    if result.profile_id is None:
+                        continue
                     item.key = result.profile_id
                     item.message = with_profile_id(item.message, result.profile_id)
+                    out.append(
+                        ProfileChange(
+                            result.profile_id,
+                            message.message_id,
+                            message.source_id,
+                            message.at_ms,
+                            item.message,
+                            traits_of(fields),
+                            group_of(fields),
+                        )
+                    )
+                return out
+
+            self.resolver.resolve_unit(workspace, [m for _i, m, _f in found], changes)
 
 
 def with_profile_id(message: bytes, profile_id: str) -> bytes:

@@ -76,7 +76,11 @@ def open_identity(
     workspace_of = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
     store = SqliteIdentityStore(paths.root / "state" / "identity.db")
     resolver = IdentityResolver(store, settings.__getitem__)
-    return IdentityStep(resolver, workspace_of.get), store
+    step = IdentityStep(resolver, workspace_of.get)
+    step.retention_ms = {
+        name: int(parse_duration(ws.identity.recent_events) * 1000) for name, ws in enabled.items()
+    }
+    return step, store
 
 
 @dataclass
@@ -131,6 +135,8 @@ async def run_processor(
     ]
     identity = open_identity(config, paths, control)
     step = identity[0] if identity is not None else None
+    if identity is not None:
+        tasks.append(loop.create_task(_expire_events_forever(*identity)))
     parts = Parts(processor_steps(dedupe, plans, step), accounting)
     try:
         if config.log.backend == "jetstream":
@@ -159,6 +165,17 @@ async def _expire_forever(accounting: AccountingStore, dedupe: DedupeStore | Non
                     await asyncio.to_thread(store.expire, now_ms())
             except Exception:
                 log.exception("expiring what is past retention failed")
+
+
+async def _expire_events_forever(step: IdentityStep, store: SqliteIdentityStore) -> None:
+    """Forget what profiles keep of events past each workspace's `recent_events`."""
+    while True:
+        await asyncio.sleep(EXPIRE_EVERY_S)
+        for workspace, keep_ms in step.retention_ms.items():
+            try:
+                await asyncio.to_thread(store.expire, workspace, now_ms() - keep_ms)
+            except Exception:
+                log.exception("expiring the recent events of profiles failed")
 
 
 async def _run_embedded(
