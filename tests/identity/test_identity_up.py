@@ -3,6 +3,10 @@ the `events` log is partitioned by it."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +21,12 @@ from tests.support.fleet import wait_until
 from tests.support.server import HeadwaterServer, basic
 
 KEY = "wk_identity_1"
+TOKEN = "pat_acme_1"
 CONFIG = f"""
 log: {{partitions: 4}}
 workspaces:
   - name: acme
+    access_tokens: [{TOKEN}]
     identity: {{enabled: true}}
     sources:
       - name: web
@@ -55,7 +61,13 @@ def test_two_devices_and_a_sign_up_make_one_profile(server: HeadwaterServer) -> 
     batch = [
         {"type": "page", "anonymousId": "laptop", "messageId": "m1", "name": "Home"},
         {"type": "screen", "anonymousId": "phone", "messageId": "m2", "name": "Feed"},
-        {"type": "identify", "anonymousId": "laptop", "userId": "ada", "messageId": "m3"},
+        {
+            "type": "identify",
+            "anonymousId": "laptop",
+            "userId": "ada",
+            "messageId": "m3",
+            "traits": {"email": "ada@example.com", "plan": "free"},
+        },
         {"type": "identify", "anonymousId": "phone", "userId": "ada", "messageId": "m4"},
         {"type": "track", "userId": "ada", "event": "Order Completed", "messageId": "m5"},
         {"type": "track", "anonymousId": "someone-else", "event": "Viewed", "messageId": "m6"},
@@ -75,9 +87,37 @@ def test_two_devices_and_a_sign_up_make_one_profile(server: HeadwaterServer) -> 
     for partition, message in stored.values():
         assert partition == partition_for(message["profileId"], 4)
 
+    # the Profile API and the CLI show one profile with both devices' histories
+    base = "/v1/spaces/acme/collections/users/profiles"
+    auth = {"Authorization": basic(TOKEN)}
+    with server.client() as http:
+        traits = http.get(f"{base}/email:ada@example.com/traits", headers=auth)
+        assert traits.status_code == 200, traits.text
+        assert traits.json()["traits"] == {"email": "ada@example.com", "plan": "free"}
+        history = http.get(f"{base}/anonymous_id:phone/events", params={"limit": 100}, headers=auth)
+        assert {e["messageId"] for e in history.json()["data"]} == {"m1", "m2", "m3", "m4", "m5"}
+        ids = http.get(f"{base}/user_id:ada/external_ids", headers=auth).json()["data"]
+        assert {(x["type"], x["id"]) for x in ids} == {
+            ("anonymous_id", "laptop"),
+            ("anonymous_id", "phone"),
+            ("user_id", "ada"),
+            ("email", "ada@example.com"),
+        }
+        refused = http.get(f"{base}/user_id:ada/traits", headers={"Authorization": basic("x")})
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "authentication_error"
+    shown = subprocess.run(
+        [sys.executable, "-m", "headwater.cli.main", "profile", "user_id:ada", "--json",
+         "--config", str(server.config_path), "--data", str(server.data)],
+        capture_output=True, check=True, text=True,
+    )  # fmt: skip
+    answer = json.loads(shown.stdout)
+    assert answer["profile_id"] == ada
+    assert answer["traits"]["traits"]["plan"] == "free"
+
 
 def _has(server: HeadwaterServer, message_id: str) -> bool:
     try:
         return any(m.get("messageId") == message_id for _p, m in events(server))
-    except LogLayoutError:  # the processor has not written `events` yet
+    except (LogLayoutError, sqlite3.OperationalError):  # `events` not made (whole) yet
         return False

@@ -155,6 +155,6 @@ def test_rebuild_from_the_journal_makes_the_same_graph(tmp_path: Path, seed: int
     assert target.updates(WS) == store.updates(WS)
     for m in messages[::25]:  # every identifier leads to the same profile id
         for ident in m.identifiers:
-            assert target.canonical_of(WS, ident) == store.canonical_of(WS, ident)
+            assert target.owner_of(WS, ident) == store.owner_of(WS, ident)
     store.close()
     target.close()

@@ -9,6 +9,7 @@ import click
 from headwater import __version__
 from headwater.cli.accounting import overview, violations
 from headwater.cli.common import F, data_options
+from headwater.cli.identity import identity, profile
 from headwater.cli.roles import processor
 from headwater.cli.sources import sources
 from headwater.cli.status import status
@@ -129,6 +130,8 @@ cli.add_command(status)
 cli.add_command(tail)
 cli.add_command(overview)
 cli.add_command(violations)
+cli.add_command(profile)
+cli.add_command(identity)
 
 
 def main() -> None:

@@ -39,6 +39,8 @@ from headwater.gateway.tracking import (
     SINGLE_PATHS,
     Tracking,
 )
+from headwater.identity.api import PREFIX as PROFILE_PREFIX
+from headwater.identity.api import ProfileApi, access_tokens, store_lookup
 from headwater.log.embedded import EmbeddedLogReader, LogClient
 
 if TYPE_CHECKING:
@@ -75,6 +77,9 @@ class GatewayApp:
         self.keys = KeyCache(self.store)
         self.accounting = open_accounting(config, paths)
         self.admin = AdminApi(self.store, self.accounting)
+        self.profiles = ProfileApi(
+            store_lookup(paths.root / "state" / "identity.db"), access_tokens(config.workspaces)
+        )
         self.writer = _writer(config, paths)
         self.reader: EmbeddedLogReader | None = None
         self.tracking = Tracking(
@@ -217,6 +222,10 @@ class GatewayApp:
             return Response(
                 200, [("content-type", "text/plain; version=0.0.4")], self._metrics_text()
             )
+        if path.startswith(PROFILE_PREFIX):
+            auth = request.headers.get("authorization")
+            status, out = self.profiles.handle(method, path, request.query, auth)
+            return self._json(route, status, out, origin)
         if path.startswith("/admin/v1/"):
             self.admin.authorize(request.headers.get("authorization"))
             body = request_body(request, ADMIN_BODY_LIMIT)
@@ -312,6 +321,8 @@ def _route(path: str) -> str:
         return "/v1/projects/{writeKey}/settings"
     if path.startswith("/admin/v1/"):
         return "/admin/v1"
+    if path.startswith(PROFILE_PREFIX):
+        return "/v1/spaces"
     if path in ("/v1/m", "/healthz", "/readyz", "/metrics"):
         return path
     return "other"

@@ -82,15 +82,22 @@ _decode_entry = msgspec.msgpack.Decoder(JournalEntry).decode
 class SqliteIdentityStore:
     """The identity graph of every workspace in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """Open (or create) the store at `path`; `readonly` for readers such as the Profile
+        API, next to the processor that writes (the file must exist)."""
         self.path = path
+        self._lock = threading.Lock()
+        if readonly:
+            uri = f"file:{path}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._conn.execute("PRAGMA query_only=ON")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._conn.executescript(SCHEMA + PROFILE_SCHEMA)
-        self._lock = threading.Lock()
 
     # -- a unit of work ------------------------------------------------------------------
 
@@ -102,7 +109,7 @@ class SqliteIdentityStore:
         ).fetchone()
         graph = Graph(
             row[0] if row else 1,
-            lambda ident: self._owner(workspace, ident),
+            lambda ident: self.owner_of(workspace, ident),
             lambda pid: self._profile(workspace, pid),
         )
         wanted = list(dict.fromkeys(idents))
@@ -182,7 +189,8 @@ class SqliteIdentityStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _owner(self, workspace: str, ident: Ident) -> str | None:
+    def owner_of(self, workspace: str, ident: Ident) -> str | None:
+        """The canonical profile holding `ident` in `workspace` (None: none holds it)."""
         row = self._conn.execute(
             "SELECT profile FROM identifiers WHERE workspace = ? AND kind = ? AND value = ?",
             (workspace, ident.kind, ident.value),
@@ -205,11 +213,6 @@ class SqliteIdentityStore:
         ):
             profile.identifiers[Ident(kind, value)] = Held(first_ms, message_id, source_id)
         return profile
-
-    def canonical_of(self, workspace: str, ident: Ident) -> str | None:
-        """The canonical profile holding `ident` (None: no profile holds it)."""
-        graph = self.graph(workspace)
-        return graph.owner(ident)
 
     def current_profile(self, workspace: str, pid: str) -> str | None:
         """The canonical profile that profile `pid` is now (None: no such profile)."""

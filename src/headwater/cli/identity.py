@@ -1,0 +1,136 @@
+"""`headwater profile` (what the Profile API answers, read from the data directory) and
+`headwater identity rebuild` (the graph made again from its journal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from headwater.cli.common import data_options
+from headwater.config import Config
+from headwater.identity.api import WHAT, ProfileApi, ProfileError, store_lookup
+from headwater.identity.resolver import rebuild as rebuild_graph
+from headwater.identity.settings import identity_settings
+from headwater.identity.sqlite_store import SqliteIdentityStore
+from headwater.paths import DataPaths
+
+
+def _identity_db(paths: DataPaths) -> Path:
+    return paths.root / "state" / "identity.db"
+
+
+@click.command()
+@data_options
+@click.argument("ref", metavar="ID_TYPE:VALUE")
+@click.option("--space", default=None, help="The workspace (default: the only one declared).")
+@click.option("--limit", default=None, type=int, help="Events and identifiers to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Profile API's JSON.")
+def profile(
+    config: Config,
+    config_path: str | None,
+    paths: DataPaths,
+    ref: str,
+    space: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """One profile: its traits, identifiers, metadata, links and recent events."""
+    if space is None:
+        names = [ws.name for ws in config.workspaces]
+        if len(names) != 1:
+            raise click.ClickException("name the workspace with --space")
+        space = names[0]
+    db = _identity_db(paths)
+    if not db.exists():
+        raise click.ClickException(f"no profiles in {paths.root} (is identity.enabled on?)")
+    api = ProfileApi(store_lookup(db), {})
+    lookup = api.lookup
+    try:
+        found = api.find(space, ref)
+        reader = lookup.reader(space)
+        assert reader is not None
+        params = {} if limit is None else {"limit": str(limit)}
+        answers: dict[str, Any] = {
+            what: api.resource(reader, found, what, params, "") for what in WHAT
+        }
+    except ProfileError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(msgspec.json.encode({"profile_id": found, **answers}).decode())
+        return
+    _print(found, answers)
+
+
+def _print(found: str, answers: dict[str, Any]) -> None:
+    console = Console()
+    meta = answers["metadata"]["metadata"]
+    console.print(f"[bold]{found}[/] created {meta['created_at']}, updated {meta['updated_at']}")
+    if meta["merged_profiles"]:
+        console.print(f"merged from {', '.join(meta['merged_profiles'])}")
+    traits = Table("trait", "value")
+    for name, value in answers["traits"]["traits"].items():
+        traits.add_row(name, msgspec.json.encode(value).decode())
+    console.print(traits)
+    ids = Table("type", "value", "first seen", "first message")
+    for x in answers["external_ids"]["data"]:
+        ids.add_row(x["type"], x["id"], x["created_at"], x["first_message_id"])
+    console.print(ids)
+    for link in answers["links"]["data"]:
+        groups = ", ".join(g["id"] for g in link["external_ids"])
+        console.print(f"linked to {link['to_collection']}: {groups}")
+    events = Table("type", "event", "messageId")
+    for e in answers["events"]["data"]:
+        name = str(e.get("event") or e.get("name") or "")
+        events.add_row(str(e.get("type")), name, str(e.get("messageId")))
+    console.print(events)
+
+
+@click.group()
+def identity() -> None:
+    """The identity graph."""
+
+
+@identity.command()
+@data_options
+def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
+    """Make the identity graph again from its journal, in the order it was resolved, and say
+    whether it comes out the same (with the settings of headwater.yaml); exits 1 if not."""
+    db = _identity_db(paths)
+    if not db.exists():
+        raise click.ClickException(f"no identity graph in {paths.root}")
+    target_path = db.with_name("identity.rebuilt.db")
+    target_path.unlink(missing_ok=True)
+    source = SqliteIdentityStore(db)
+    target = SqliteIdentityStore(target_path)
+    settings = {ws.name: identity_settings(ws.identity) for ws in config.workspaces}
+    try:
+        total = source.journal_size()
+        with Progress(transient=True) as bar:
+            task = bar.add_task("replaying the journal", total=total)
+            replayed = rebuild_graph(
+                source,
+                target,
+                lambda ws: settings.get(ws) or identity_settings(),
+                progress=lambda n: bar.advance(task, n),
+            )
+        workspaces = sorted({ws for ws, _e in source.journal()})
+        differences = [ws for ws in workspaces if source.partition(ws) != target.partition(ws)]
+    finally:
+        source.close()
+        target.close()
+    click.echo(f"replayed {replayed:,} journaled messages of {len(workspaces)} workspace(s)")
+    if differences:
+        click.echo(f"the rebuilt graph differs in: {', '.join(differences)}")
+    else:
+        click.echo("the rebuilt graph is the same as the current one")
+    target_path.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{target_path}{suffix}").unlink(missing_ok=True)
+    if differences:
+        raise SystemExit(1)
