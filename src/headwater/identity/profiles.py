@@ -1,4 +1,4 @@
-"""Profiles: traits, recent events, group links and activity, next to the identity graph.
+"""Profiles: traits, recent events and group links, next to the identity graph.
 
 Written in the transaction that writes the graph (`SqliteIdentityStore.save`), under the
 profile a message resolved to at the time. A profile merged since keeps its rows: reading a
@@ -26,14 +26,9 @@ CREATE TABLE IF NOT EXISTS profile_events(
     at_ms INTEGER NOT NULL, message_id TEXT NOT NULL, source_id TEXT NOT NULL,
     message BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS profile_events_by_profile ON profile_events(workspace, profile, seq);
-CREATE INDEX IF NOT EXISTS profile_events_by_time ON profile_events(at_ms);
 CREATE TABLE IF NOT EXISTS profile_links(
     workspace TEXT NOT NULL, profile TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
     first_ms INTEGER NOT NULL, PRIMARY KEY(workspace, profile, collection, id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS profile_activity(
-    workspace TEXT NOT NULL, profile TEXT NOT NULL, first_ms INTEGER NOT NULL,
-    first_message TEXT NOT NULL, last_ms INTEGER NOT NULL, last_message TEXT NOT NULL,
-    PRIMARY KEY(workspace, profile)) WITHOUT ROWID;
 """
 
 _encode = msgspec.json.encode
@@ -78,18 +73,25 @@ def write_changes(conn: sqlite3.Connection, workspace: str, changes: list[Profil
         "INSERT OR IGNORE INTO profile_links VALUES(?,?,'groups',?,?)",
         [(workspace, c.profile_id, c.group_id, c.at_ms) for c in changes if c.group_id],
     )
-    conn.executemany(
-        "INSERT INTO profile_activity VALUES(?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-        "last_ms = excluded.last_ms, last_message = excluded.last_message "
-        "WHERE excluded.last_ms >= profile_activity.last_ms",
-        [(workspace, c.profile_id, c.at_ms, c.message_id, c.at_ms, c.message_id) for c in changes],
-    )
 
 
 def expire_events(conn: sqlite3.Connection, workspace: str, before_ms: int) -> int:
-    """Delete `workspace`'s recent events received before `before_ms`."""
+    """Delete `workspace`'s recent events received before `before_ms`. Events are numbered in
+    the order they were written, which is the order of their receipt times but for clock
+    steps, so the cut is found by bisecting the numbers (no index on time to keep up)."""
+    lo = int(conn.execute("SELECT coalesce(min(seq), 0) FROM profile_events").fetchone()[0])
+    hi = int(conn.execute("SELECT coalesce(max(seq), 0) FROM profile_events").fetchone()[0]) + 1
+    while lo < hi:  # the first event received at or after `before_ms`
+        mid = (lo + hi) // 2
+        row = conn.execute(
+            "SELECT seq, at_ms FROM profile_events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
+        ).fetchone()
+        if row is None or row[1] >= before_ms:
+            hi = mid
+        else:
+            lo = int(row[0]) + 1
     return conn.execute(
-        "DELETE FROM profile_events WHERE at_ms < ? AND workspace = ?", (before_ms, workspace)
+        "DELETE FROM profile_events WHERE seq < ? AND workspace = ?", (lo, workspace)
     ).rowcount
 
 
@@ -171,15 +173,15 @@ class ProfileReader:
         if row is None:
             return None
         members = self.members(canonical)
-        first = self.conn.execute(
-            "SELECT first_ms, first_message FROM profile_activity "  # noqa: S608 - placeholders only
-            f"WHERE workspace = ? AND profile IN ({self._in(members)}) ORDER BY first_ms LIMIT 1",
-            (self.workspace, *members),
+        first = self.conn.execute(  # the message that brought its first identifier
+            "SELECT first_ms, message_id FROM identifiers INDEXED BY identifiers_by_profile "
+            "WHERE workspace = ? AND profile = ? ORDER BY first_ms LIMIT 1",
+            (self.workspace, canonical),
         ).fetchone()
         last = self.conn.execute(
-            "SELECT last_ms, last_message FROM profile_activity "  # noqa: S608 - placeholders only
+            "SELECT at_ms, message_id FROM profile_events "  # noqa: S608 - placeholders only
             f"WHERE workspace = ? AND profile IN ({self._in(members)}) "
-            "ORDER BY last_ms DESC LIMIT 1",
+            "ORDER BY seq DESC LIMIT 1",
             (self.workspace, *members),
         ).fetchone()
         return {

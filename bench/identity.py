@@ -1,0 +1,221 @@
+"""The identity benchmark: one processor resolving identities and keeping profiles, next to the
+pass-through processor in the same run, with `--profiles` profiles already in the graph; then
+the Profile API's `/traits` latency at that size.
+
+    .venv/bin/python bench/identity.py [--profiles 1000000] [--events 500000]
+        [--new-share 0.05] [--requests 5000] [--out bench/results/identity-latest.json]
+        [--strict]
+
+The graph is preloaded with `--profiles` profiles (a user id, an anonymous id and an email each,
+two traits). The events are track calls: most by known users (their user id and one of two
+anonymous ids: the second one is new to the graph the first time it is seen), `--new-share` by
+anonymous visitors never seen before. Runs: pass-through (identity off, the baseline), then
+identity on (embedded). Then `headwater up` (one gateway worker) answers `--requests`
+sequential `GET .../traits` for random known users over HTTP. Bars: 50,000 events/s, /traits
+p99 under 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from gateway import SETTLE_S
+from pipeline import bench_processor
+from pipeline_logs import RECEIVED, SOURCE_ID
+from pipeline_report import PARTITIONS, ProcessorRun
+from servers import ROOT, VENV_BIN, WRITE_KEY, _spawn, free_port
+
+from headwater.events.stamp import Stamp, encode_stamp
+from headwater.identity.graph import profile_id
+from headwater.identity.sqlite_store import SqliteIdentityStore
+from headwater.log.records import Run, encode_run
+
+BARS = {"events_per_s": 50_000, "traits_p99_ms": 20.0}
+WORKSPACE = "bench"
+TOKEN = "pat_bench_1"
+
+
+def config_text(identity: bool) -> str:
+    return (
+        f"log: {{partitions: {PARTITIONS}}}\n"
+        "dedupe: {enabled: false}\n"
+        "workspaces:\n"
+        f"  - name: {WORKSPACE}\n"
+        f"    access_tokens: [{TOKEN}]\n"
+        f"    identity: {{enabled: {str(identity).lower()}}}\n"
+        "    sources:\n"
+        "      - name: bench\n"
+        f"        write_keys: [{WRITE_KEY}]\n"
+    )
+
+
+def preload_graph(path: Path, profiles: int) -> float:
+    """`profiles` profiles written straight into the store's tables; returns seconds."""
+    t = time.perf_counter()
+    store = SqliteIdentityStore(path)
+    conn = store._conn
+    ms = int(RECEIVED.timestamp() * 1000) - 86_400_000
+    chunk = 50_000
+    conn.execute("BEGIN")
+    for start in range(0, profiles, chunk):
+        ids = range(start, min(start + chunk, profiles))
+        pids = [profile_id(f"seed-{k}", k + 1) for k in ids]
+        conn.executemany(
+            "INSERT INTO profiles VALUES(?,?,?,?,NULL,0)",
+            [(WORKSPACE, pid, k + 1, ms) for k, pid in zip(ids, pids, strict=True)],
+        )
+        rows = []
+        for k, pid in zip(ids, pids, strict=True):
+            for kind, value in (("user_id", f"u-{k}"), ("anonymous_id", f"a-{k}-0"),
+                                ("email", f"u-{k}@example.com")):  # fmt: skip
+                rows.append((WORKSPACE, kind, value, pid, ms, f"seed-{k}", SOURCE_ID))
+        conn.executemany("INSERT INTO identifiers VALUES(?,?,?,?,?,?,?)", rows)
+        conn.executemany(
+            "INSERT INTO profile_traits VALUES(?,?,?,?,?,0)",
+            [
+                (WORKSPACE, pid, name, json.dumps(value).encode(), ms)
+                for k, pid in zip(ids, pids, strict=True)
+                for name, value in (("plan", "pro" if k % 3 else "free"), ("visits", k % 97))
+            ],
+        )
+    conn.execute("INSERT INTO identity_sequences VALUES(?,?)", (WORKSPACE, profiles + 1))
+    conn.execute("COMMIT")
+    store.close()
+    return time.perf_counter() - t
+
+
+def event_groups(events: int, profiles: int, new_share: float) -> list[list[Run]]:
+    """The events as append groups (one run of 12 per partition, as a gateway writes them)."""
+    rng = random.Random(7)
+    stamp = encode_stamp(Stamp(RECEIVED, RECEIVED.isoformat(), "127.0.0.1"))
+    messages = []
+    for i in range(events):
+        mid = f"{rng.getrandbits(128):032x}"
+        if rng.random() < new_share:
+            who = f'"anonymousId":"v-{mid[:12]}"'
+        else:
+            k = rng.randrange(profiles)
+            who = f'"userId":"u-{k}","anonymousId":"a-{k}-{rng.randrange(2)}"'
+        messages.append(
+            (
+                f'{{"type":"track","event":"Product Viewed","messageId":"{mid}",{who},'
+                f'"properties":{{"sku":"sku-{i % 5000}","price":{i % 300}.5}},'
+                '"context":{"library":{"name":"analytics.js","version":"5.2.0"}},'
+                '"timestamp":"2026-01-15T10:00:00.000Z"}'
+            ).encode()
+        )
+    groups: list[list[Run]] = []
+    at = 0
+    while at < len(messages):
+        runs = []
+        for p in range(PARTITIONS):
+            chunk = messages[at : at + 12]
+            if not chunk:
+                break
+            runs.append(Run(p, encode_run(SOURCE_ID, stamp, chunk), len(chunk)))
+            at += len(chunk)
+        groups.append(runs)
+    return groups
+
+
+def traits_latency(workdir: Path, config: Path, data: Path, profiles: int, n: int) -> dict:
+    port = free_port()
+    cmd = [str(VENV_BIN / "headwater"), "up", "--config", str(config), "--data", str(data)]
+    cmd += ["--port", str(port), "--workers", "1"]
+    server = _spawn("headwater-up", cmd, workdir)
+    try:
+        server.wait_ready("/readyz", want=200)
+        rng = random.Random(11)
+        base = f"http://127.0.0.1:{port}/v1/spaces/{WORKSPACE}/collections/users/profiles"
+        times = []
+        with httpx.Client(auth=(TOKEN, "")) as http:
+            for i in range(n + 200):
+                url = f"{base}/user_id:u-{rng.randrange(profiles)}/traits"
+                t = time.perf_counter()
+                r = http.get(url)
+                elapsed = time.perf_counter() - t
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url}: {r.status_code} {r.text}")
+                if i >= 200:  # after a warm-up
+                    times.append(elapsed * 1000)
+    finally:
+        server.stop()
+    times.sort()
+    return {
+        "requests": n,
+        "p50_ms": times[len(times) // 2],
+        "p95_ms": times[int(len(times) * 0.95)],
+        "p99_ms": times[int(len(times) * 0.99)],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--profiles", type=int, default=1_000_000)
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--new-share", type=float, default=0.05)
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "identity-latest.json")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a bar fails")
+    args = p.parse_args(argv)
+    groups = event_groups(args.events, args.profiles, args.new_share)
+    runs: list[ProcessorRun] = []
+    with tempfile.TemporaryDirectory(prefix="hwbench-identity-") as tmp:
+        workdir = Path(tmp)
+        for label, identity in (("pass-through", False), ("identity + profiles", True)):
+            config = workdir / f"{len(runs)}.yaml"
+            config.write_text(config_text(identity))
+            if identity:
+                db = workdir / f"{label}-data" / "state" / "identity.db"
+                print(f"{label}: preloading {args.profiles:,} profiles", flush=True)
+                print(f"  done in {preload_graph(db, args.profiles):.1f} s", flush=True)
+            time.sleep(SETTLE_S)
+            runs.append(bench_processor(label, workdir, config, groups, args))
+        print(f"/traits: {args.requests:,} sequential requests over HTTP", flush=True)
+        data = workdir / "identity + profiles-data"
+        latency = traits_latency(workdir, config, data, args.profiles, args.requests)
+    base = runs[0].events_per_s
+    rate = runs[1].events_per_s
+    print(f"\none processor, {args.events:,} events, {args.profiles:,} profiles in the graph")
+    print(f"{'run':<24}{'events/s':>12}{'seconds':>9}{'vs pass-through':>17}")
+    for r in runs:
+        ratio = f"{r.events_per_s / base:.2f}x" if base else "-"
+        print(f"{r.label:<24}{r.events_per_s:>12,.0f}{(r.seconds or 0):>9.2f}{ratio:>17}")
+    print(
+        f"/traits over HTTP: p50 {latency['p50_ms']:.2f} ms, p95 {latency['p95_ms']:.2f} ms, "
+        f"p99 {latency['p99_ms']:.2f} ms"
+    )
+    passed = rate >= BARS["events_per_s"] and latency["p99_ms"] < BARS["traits_p99_ms"]
+    print(f"[{'PASS' if rate >= BARS['events_per_s'] else 'FAIL'}] identity + profiles >= "
+          f"{BARS['events_per_s']:,} events/s: {rate:,.0f}")  # fmt: skip
+    print(f"[{'PASS' if latency['p99_ms'] < BARS['traits_p99_ms'] else 'FAIL'}] /traits p99 < "
+          f"{BARS['traits_p99_ms']:.0f} ms: {latency['p99_ms']:.2f} ms")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": "python bench/identity.py " + " ".join(argv or sys.argv[1:]),
+                "profiles": args.profiles,
+                "events": args.events,
+                "runs": [r.to_json() for r in runs],
+                "traits": latency,
+                "bars": BARS,
+                "passed": passed,
+            },
+            indent=2,
+        )
+    )
+    if any(r.problem for r in runs):
+        return 1
+    return 1 if args.strict and not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
