@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATA ?= .headwater
 CONFIG ?= examples/headwater.yaml
 
-.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-processing bench-setup clean
+.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-processing bench-identity bench-setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench-processing: $(VENV)/.dev
 bench-dedupe: $(VENV)/.dev
 	scripts/ensure-services.sh
 	$(BIN)/python bench/dedupe.py
+
+## bench-identity: identity resolution and profiles with 1M profiles vs pass-through; /traits p99
+bench-identity: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/identity.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -2,7 +2,7 @@
 pass-through processor in the same run, with `--profiles` profiles already in the graph; then
 the Profile API's `/traits` latency at that size.
 
-    .venv/bin/python bench/identity.py [--profiles 1000000] [--events 500000]
+    .venv/bin/python bench/identity.py [--profiles 1000000] [--events 300000]
         [--new-share 0.05] [--requests 5000] [--out bench/results/identity-latest.json]
         [--strict]
 
@@ -159,7 +159,7 @@ def traits_latency(workdir: Path, config: Path, data: Path, profiles: int, n: in
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--profiles", type=int, default=1_000_000)
-    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--new-share", type=float, default=0.05)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "identity-latest.json")
