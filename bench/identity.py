@@ -3,16 +3,16 @@ pass-through processor in the same run, with `--profiles` profiles already in th
 the Profile API's `/traits` latency at that size.
 
     .venv/bin/python bench/identity.py [--profiles 1000000] [--events 300000]
-        [--new-share 0.05] [--requests 5000] [--out bench/results/identity-latest.json]
-        [--strict]
+        [--new-share 0.05] [--new-device 0.05] [--requests 5000]
+        [--out bench/results/identity-latest.json] [--strict]
 
 The graph is preloaded with `--profiles` profiles (a user id, an anonymous id and an email each,
-two traits). The events are track calls: most by known users (their user id and one of two
-anonymous ids: the second one is new to the graph the first time it is seen), `--new-share` by
-anonymous visitors never seen before. Runs: pass-through (identity off, the baseline), then
-identity on (embedded). Then `headwater up` (one gateway worker) answers `--requests`
-sequential `GET .../traits` for random known users over HTTP. Bars: 50,000 events/s, /traits
-p99 under 20 ms.
+two traits). The events are track calls: `--new-share` (5%) by anonymous visitors never seen
+before, the others by known users, `--new-device` (5%) of those from a second device (an
+anonymous id new to the graph the first time it is seen). Runs: pass-through (identity off,
+the baseline), then identity on (embedded). Then `headwater up` (one gateway worker) answers
+`--requests` sequential `GET .../traits` for random known users over HTTP. Bars: 50,000
+events/s, /traits p99 under 20 ms.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def preload_graph(path: Path, profiles: int) -> float:
     return time.perf_counter() - t
 
 
-def event_groups(events: int, profiles: int, new_share: float) -> list[list[Run]]:
+def event_groups(
+    events: int, profiles: int, new_share: float, new_device: float
+) -> list[list[Run]]:
     """The events as append groups (one run of 12 per partition, as a gateway writes them)."""
     rng = random.Random(7)
     stamp = encode_stamp(Stamp(RECEIVED, RECEIVED.isoformat(), "127.0.0.1"))
@@ -102,7 +104,8 @@ def event_groups(events: int, profiles: int, new_share: float) -> list[list[Run]
             who = f'"anonymousId":"v-{mid[:12]}"'
         else:
             k = rng.randrange(profiles)
-            who = f'"userId":"u-{k}","anonymousId":"a-{k}-{rng.randrange(2)}"'
+            device = 1 if rng.random() < new_device else 0  # 1: a device new to the graph
+            who = f'"userId":"u-{k}","anonymousId":"a-{k}-{device}"'
         messages.append(
             (
                 f'{{"type":"track","event":"Product Viewed","messageId":"{mid}",{who},'
@@ -161,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", type=int, default=1_000_000)
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--new-share", type=float, default=0.05)
+    p.add_argument("--new-device", type=float, default=0.05)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "identity-latest.json")
     p.add_argument("--strict", action="store_true", help="exit 1 when a bar fails")
     args = p.parse_args(argv)
-    groups = event_groups(args.events, args.profiles, args.new_share)
+    groups = event_groups(args.events, args.profiles, args.new_share, args.new_device)
     runs: list[ProcessorRun] = []
     with tempfile.TemporaryDirectory(prefix="hwbench-identity-") as tmp:
         workdir = Path(tmp)
