@@ -55,9 +55,12 @@ def profile(
         found = api.find(space, ref)
         reader = lookup.reader(space)
         assert reader is not None
-        params = {} if limit is None else {"limit": str(limit)}
+        limited = {} if limit is None else {"limit": str(limit)}
         answers: dict[str, Any] = {
-            what: api.resource(reader, found, what, params, "") for what in WHAT
+            what: api.resource(
+                reader, found, what, limited if what in ("events", "external_ids") else {}, ""
+            )
+            for what in WHAT
         }
     except ProfileError as exc:
         raise click.ClickException(exc.message) from None

@@ -16,6 +16,7 @@ import base64
 import binascii
 import datetime as dt
 import hmac
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -73,6 +74,12 @@ class ProfileApi:
             return 200, self._answer(method, path, query, authorization)
         except ProfileError as exc:
             return exc.status, exc.body()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # the processor is making the store right now
+                error = ProfileError(404, "not_found", "no profiles yet")
+            else:
+                error = ProfileError(503, "unavailable", f"the profile store: {exc}")
+            return error.status, error.body()
 
     def _answer(self, method: str, path: str, query: str, authorization: str | None) -> bytes:
         parts = path[len(PREFIX) :].split("/")

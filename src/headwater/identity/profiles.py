@@ -181,7 +181,7 @@ class ProfileReader:
         last = self.conn.execute(
             "SELECT at_ms, message_id FROM profile_events "  # noqa: S608 - placeholders only
             f"WHERE workspace = ? AND profile IN ({self._in(members)}) "
-            "ORDER BY seq DESC LIMIT 1",
+            "ORDER BY at_ms DESC, seq DESC LIMIT 1",  # received last, not processed last
             (self.workspace, *members),
         ).fetchone()
         return {

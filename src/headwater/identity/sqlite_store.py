@@ -92,7 +92,7 @@ class SqliteIdentityStore:
         self.path = path
         self._lock = threading.Lock()
         if readonly:
-            uri = f"file:{path}?mode=ro"
+            uri = path.resolve().as_uri() + "?mode=ro"  # escaped: a path may hold '#' or '?'
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only=ON")
             return
