@@ -18,7 +18,7 @@ from headwater.log.embedded.reader import EmbeddedLogReader
 from headwater.log.embedded.store import LogLayoutError
 from headwater.log.records import partition_for
 from tests.support.fleet import wait_until
-from tests.support.server import HeadwaterServer, basic
+from tests.support.server import ADMIN_TOKEN, HeadwaterServer, basic
 
 KEY = "wk_identity_1"
 TOKEN = "pat_acme_1"
@@ -121,3 +121,22 @@ def _has(server: HeadwaterServer, message_id: str) -> bool:
         return any(m.get("messageId") == message_id for _p, m in events(server))
     except (LogLayoutError, sqlite3.OperationalError):  # `events` not made (whole) yet
         return False
+
+
+def test_a_source_made_later_through_the_admin_api_is_resolved(server: HeadwaterServer) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with server.client() as http:
+        made = http.post(
+            "/admin/v1/sources",
+            json={"workspace": "acme", "name": "ios", "write_keys": ["wk_identity_ios"]},
+            headers=admin,
+        )
+        assert made.status_code in (200, 201), made.text
+        sent = {"type": "track", "userId": "grace", "event": "Opened", "messageId": "ios-1"}
+        r = http.post(
+            "/v1/batch", json={"batch": [sent]}, headers={"Authorization": basic("wk_identity_ios")}
+        )
+        assert r.status_code == 200
+    assert wait_until(lambda: _has(server, "ios-1"), 20)
+    [(_p, stored)] = [(p, m) for p, m in events(server) if m["messageId"] == "ios-1"]
+    assert stored["profileId"].startswith("use_")  # the processor followed the control plane

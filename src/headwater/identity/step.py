@@ -42,6 +42,7 @@ class IdentityStep:
         self.resolver = resolver
         self.workspace_of = workspace_of  # source id -> workspace name (None: not resolved)
         self.retention_ms: dict[str, int] = {}  # how long each workspace's profiles keep events
+        self.follow_sources: Callable[[], None] | None = None  # refreshes `workspace_of`
 
     def __call__(self, items: list[Item]) -> None:
         by_workspace: dict[str, list[tuple[Item, Message, IdentityFields]]] = {}

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +74,18 @@ def open_identity(
         log.warning("identity resolution runs only with state.backend: embedded for now; off")
         return None
     settings = {name: identity_settings(ws.identity) for name, ws in enabled.items()}
-    workspace_of = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
+    workspace_of: dict[str, str] = {}
+
+    def follow_sources() -> None:  # sources made later (admin API) are resolved too
+        found = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
+        workspace_of.clear()
+        workspace_of.update(found)
+
+    follow_sources()
     store = SqliteIdentityStore(paths.root / "state" / "identity.db")
     resolver = IdentityResolver(store, settings.__getitem__)
     step = IdentityStep(resolver, workspace_of.get)
+    step.follow_sources = follow_sources
     step.retention_ms = {
         name: int(parse_duration(ws.identity.recent_events) * 1000) for name, ws in enabled.items()
     }
@@ -91,8 +100,11 @@ class Parts:
     accounting: AccountingStore
 
 
-async def _follow_plans(catalog: PlanCatalog, step: TrackingPlans) -> None:
-    """Apply tracking plans changed in the control plane (admin API) within seconds."""
+async def _follow_plans(
+    catalog: PlanCatalog, step: TrackingPlans, also: Callable[[], None] | None = None
+) -> None:
+    """Apply tracking plans changed in the control plane (admin API) within seconds (and call
+    `also`, for what else follows the control plane)."""
     seen = catalog.store.version()
     while True:
         await asyncio.sleep(PLANS_EVERY_S)
@@ -100,6 +112,8 @@ async def _follow_plans(catalog: PlanCatalog, step: TrackingPlans) -> None:
             version = catalog.store.version()
             if version != seen:
                 step.reload(plans_from_catalog(catalog))
+                if also is not None:
+                    also()
                 seen = version
                 log.info("tracking plans reloaded (control plane version %d)", version)
         except Exception:
@@ -130,11 +144,12 @@ async def run_processor(
     accounting = open_accounting(config, paths)
     tasks = [
         loop.create_task(flush_metrics_forever(metrics, paths.metrics_dir)),
-        loop.create_task(_follow_plans(catalog, plans)),
         loop.create_task(_expire_forever(accounting, dedupe)),
     ]
     identity = open_identity(config, paths, control)
     step = identity[0] if identity is not None else None
+    follow = step.follow_sources if step is not None else None
+    tasks.append(loop.create_task(_follow_plans(catalog, plans, follow)))
     if identity is not None:
         tasks.append(loop.create_task(_expire_events_forever(*identity)))
     parts = Parts(processor_steps(dedupe, plans, step), accounting)
