@@ -109,7 +109,7 @@ def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
         raise click.ClickException(f"no identity graph in {paths.root}")
     target_path = db.with_name("identity.rebuilt.db")
     target_path.unlink(missing_ok=True)
-    source = SqliteIdentityStore(db)
+    source = SqliteIdentityStore(db, readonly=True)  # the processor may be writing it
     target = SqliteIdentityStore(target_path)
     settings = {ws.name: identity_settings(ws.identity) for ws in config.workspaces}
     try:
@@ -122,7 +122,7 @@ def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
                 lambda ws: settings.get(ws) or identity_settings(),
                 progress=lambda n: bar.advance(task, n),
             )
-        workspaces = sorted({ws for ws, _e in source.journal()})
+        workspaces = source.journal_workspaces()
         differences = [ws for ws in workspaces if source.partition(ws) != target.partition(ws)]
     finally:
         source.close()

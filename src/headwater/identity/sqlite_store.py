@@ -260,6 +260,11 @@ class SqliteIdentityStore:
         for ws, entry in self._conn.execute(query + " ORDER BY seq", args):
             yield ws, _decode_entry(entry)
 
+    def journal_workspaces(self) -> list[str]:
+        """The workspaces with journaled messages."""
+        rows = self._conn.execute("SELECT DISTINCT workspace FROM identity_journal ORDER BY 1")
+        return [str(r[0]) for r in rows]
+
     def journal_size(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM identity_journal").fetchone()[0])
 
