@@ -79,7 +79,9 @@ def test_messages_without_identifiers_or_workspace_or_object_are_left_alone(
     broken = Item(WEB, b"[1,2]", position="0:1:3")
     stopped = item(WEB, 4, userId="bob")
     stopped.stop(FAILED, "invalid_message")
-    items = [blocked, foreign, broken, stopped]
+    made = item(WEB, 5, userId="carol")
+    made.via = "violation_generated"
+    items = [blocked, foreign, broken, stopped, made]
     before = [(i.key, i.message) for i in items]
     step_for(store)(items)
     assert [(i.key, i.message) for i in items] == before

@@ -4,7 +4,9 @@ stamped with it.
 Per unit, the messages of each workspace are resolved in order in one transaction
 (`IdentityResolver`). A message that lands on a profile leaves with `profileId` (the canonical
 profile id, `use_...`) as its first field and as its key, so the `events` log is partitioned
-by profile. A message without a usable identifier is left to the steps after this one.
+by profile. A message without a usable identifier is left to the steps after this one, and so
+are the messages a step made (blocked ones forwarded to another source, `Violation Generated`
+events): they tell nothing new about anyone.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class IdentityStep:
         received: dict[bytes | None, int] = {}
         now = now_ms()
         for item in items:
-            if item.outcome:
+            if item.outcome or item.via:  # made by a step (forwarded, `Violation Generated`)
                 continue
             workspace = self.workspace_of(item.source_id)
             if workspace is None:
