@@ -111,7 +111,7 @@ class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     sources: list[SourceConfig] = []
     tracking_plans: list[TrackingPlanConfig] = []
-    identity: IdentityConfig = IdentityConfig()
+    identity: IdentityConfig | None = None  # None: as the admin API set it (else the defaults)
     access_tokens: list[str] = []
 
 
@@ -241,7 +241,8 @@ def _check(config: Config) -> None:
         seen_ws.add(ws.name)
         for plan in ws.tracking_plans:
             check_plan(ws.name, plan)
-        check_identity(ws.name, ws.identity)
+        if ws.identity is not None:
+            check_identity(ws.name, ws.identity)
         plans = {plan.name for plan in ws.tracking_plans}
         if len(plans) != len(ws.tracking_plans):
             raise ValueError(f"a tracking plan is declared twice in workspace {ws.name!r}")

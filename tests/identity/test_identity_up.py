@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,59 @@ def test_a_source_made_later_through_the_admin_api_is_resolved(server: Headwater
     assert wait_until(lambda: _has(server, "ios-1"), 20)
     [(_p, stored)] = [(p, m) for p, m in events(server) if m["messageId"] == "ios-1"]
     assert stored["profileId"].startswith("use_")  # the processor followed the control plane
+
+
+PLAIN = f"""
+log: {{partitions: 4}}
+workspaces:
+  - name: acme
+    sources:
+      - name: web
+        write_keys: [{KEY}]
+"""
+
+
+def test_identity_turned_on_through_the_admin_api_applies_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    server = HeadwaterServer(tmp_path, PLAIN)
+    server.start()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        with server.client() as http:
+            url = "/admin/v1/workspaces/acme/identity"
+            assert http.get(url, headers=admin).json()["identity"]["enabled"] is False
+            bad = http.put(url, json={"enabled": True, "max_merges": 0}, headers=admin)
+            assert bad.status_code == 400 and bad.json()["code"] == "validation_error"
+            before = {"type": "track", "userId": "ada", "event": "A", "messageId": "before"}
+            r = http.post(
+                "/v1/batch", json={"batch": [before]}, headers={"Authorization": basic(KEY)}
+            )
+            assert r.status_code == 200
+            assert wait_until(lambda: _has(server, "before"), 20)
+            on = http.put(
+                url, json={"enabled": True, "types": {"email": {"limit": 2}}}, headers=admin
+            )
+            assert on.status_code == 200, on.text
+            assert on.json()["identity"]["types"]["email"]["limit"] == 2
+            assert http.get(url, headers=admin).json()["identity"]["enabled"] is True
+            # the processor reads the control plane every 2 s: send until a message comes out
+            # resolved (bounded: 40 messages, 20 s)
+            resolved = None
+            for n in range(40):
+                m = {"type": "track", "userId": "ada", "event": "B", "messageId": f"after-{n}"}
+                r = http.post(
+                    "/v1/batch", json={"batch": [m]}, headers={"Authorization": basic(KEY)}
+                )
+                assert r.status_code == 200
+                assert wait_until(lambda n=n: _has(server, f"after-{n}"), 20)
+                found = {x["messageId"]: x for _p, x in events(server)}[f"after-{n}"]
+                if "profileId" in found:
+                    resolved = found
+                    break
+                time.sleep(0.5)
+    finally:
+        server.stop()
+    assert resolved is not None and resolved["profileId"].startswith("use_")
+    stored = {m["messageId"]: m for _p, m in events(server)}
+    assert "profileId" not in stored["before"]  # identity was off

@@ -14,9 +14,11 @@ from rich.table import Table
 
 from headwater.cli.common import data_options
 from headwater.config import Config
+from headwater.control.identity import IdentityCatalog
+from headwater.control.store import ControlStore
 from headwater.identity.api import WHAT, ProfileApi, ProfileError, store_lookup
 from headwater.identity.resolver import rebuild as rebuild_graph
-from headwater.identity.settings import identity_settings
+from headwater.identity.settings import IdentitySettings, identity_settings
 from headwater.identity.sqlite_store import SqliteIdentityStore
 from headwater.paths import DataPaths
 
@@ -94,6 +96,17 @@ def _print(found: str, answers: dict[str, Any]) -> None:
     console.print(events)
 
 
+def _control_settings(paths: DataPaths) -> dict[str, IdentitySettings]:
+    """Each workspace's identity settings, as the processor reads them (the control plane)."""
+    if not paths.control_db.exists():
+        return {}
+    control = ControlStore(paths.control_db)
+    try:
+        return {ws: identity_settings(c) for ws, c in IdentityCatalog(control).all().items()}
+    finally:
+        control.close()
+
+
 @click.group()
 def identity() -> None:
     """The identity graph."""
@@ -103,7 +116,8 @@ def identity() -> None:
 @data_options
 def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
     """Make the identity graph again from its journal, in the order it was resolved, and say
-    whether it comes out the same (with the settings of headwater.yaml); exits 1 if not."""
+    whether it comes out the same, with the settings Headwater would start with (those the
+    file declares, else the admin API's); exits 1 if not."""
     db = _identity_db(paths)
     if not db.exists():
         raise click.ClickException(f"no identity graph in {paths.root}")
@@ -111,7 +125,10 @@ def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
     target_path.unlink(missing_ok=True)
     source = SqliteIdentityStore(db, readonly=True)  # the processor may be writing it
     target = SqliteIdentityStore(target_path)
-    settings = {ws.name: identity_settings(ws.identity) for ws in config.workspaces}
+    settings = _control_settings(paths)
+    for ws in config.workspaces:  # what the file declares wins, as it does when Headwater starts
+        if ws.identity is not None:
+            settings[ws.name] = identity_settings(ws.identity)
     try:
         total = source.journal_size()
         with Progress(transient=True) as bar:

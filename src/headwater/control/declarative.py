@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headwater.config import Config
+from headwater.control.identity import IdentityCatalog
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import MANAGED_BY_CONFIG, ControlError, ControlStore, Source
 
@@ -51,4 +52,5 @@ def apply_config(store: ControlStore, config: Config) -> AppliedConfig:
     for stale in store.config_sources_not_in(declared_ids):
         store.set_source_enabled(stale, False)
     PlanCatalog(store).apply_config(config)
+    IdentityCatalog(store).apply_config(config)
     return AppliedConfig(applied)

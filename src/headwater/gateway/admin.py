@@ -11,7 +11,8 @@ from redis import RedisError
 
 from headwater.accounting import AccountingStore, views
 from headwater.accounting.views import ViewError
-from headwater.config import Enforcement
+from headwater.config import Enforcement, IdentityConfig
+from headwater.control.identity import IdentityCatalog
 from headwater.control.plans import PlanCatalog, connection_json, plan_json
 from headwater.control.store import ControlError, ControlStore, Source, Workspace
 from headwater.gateway.http import HttpError
@@ -77,6 +78,7 @@ class AdminApi:
     def __init__(self, store: ControlStore, accounting: AccountingStore | None = None) -> None:
         self.store = store
         self.plans = PlanCatalog(store)
+        self.identity = IdentityCatalog(store)
         self.accounting = accounting
 
     def authorize(self, header: str | None) -> None:
@@ -162,6 +164,11 @@ class AdminApi:
                     end=query.get("to", [None])[0],
                     granularity=query.get("granularity", ["minute"])[0],
                 )
+            case ("GET", ["workspaces", ws, "identity"]):
+                return 200, identity_json(ws, self.identity.get(ws))
+            case ("PUT", ["workspaces", ws, "identity"]):
+                settings = msgspec.json.decode(body or b"{}")
+                return 200, identity_json(ws, self.identity.put(ws, settings))
             case ("GET", ["workspaces", ws, "tracking-plans"]):
                 return 200, {"tracking_plans": [plan_json(p) for p in self.plans.plans(ws)]}
             case ("POST", ["workspaces", ws, "tracking-plans"]):
@@ -196,6 +203,10 @@ class AdminApi:
 
     def _source(self, ref: str) -> dict[str, Any]:
         return source_ref_json(self.store.source(ref))
+
+
+def identity_json(workspace: str, settings: IdentityConfig) -> dict[str, Any]:
+    return {"workspace": workspace, "identity": msgspec.to_builtins(settings)}
 
 
 def source_ref_json(src: Source) -> dict[str, Any]:

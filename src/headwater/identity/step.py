@@ -45,8 +45,11 @@ class IdentityStep:
         self.workspace_of = workspace_of  # source id -> workspace name (None: not resolved)
         self.retention_ms: dict[str, int] = {}  # how long each workspace's profiles keep events
         self.follow_sources: Callable[[], None] | None = None  # refreshes `workspace_of`
+        self.active = True  # False: no workspace resolves identities (nothing to look at)
 
     def __call__(self, items: list[Item]) -> None:
+        if not self.active:
+            return
         by_workspace: dict[str, list[tuple[Item, Message, IdentityFields]]] = {}
         received: dict[bytes | None, int] = {}
         now = now_ms()

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from headwater.accounting import AccountingStore, open_accounting
 from headwater.config import Config, parse_duration, parse_size
+from headwater.control.identity import IdentityCatalog
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import ControlStore
 from headwater.identity.resolver import IdentityResolver
-from headwater.identity.settings import identity_settings
+from headwater.identity.settings import IdentitySettings, identity_settings
 from headwater.identity.sqlite_store import SqliteIdentityStore
 from headwater.identity.step import IdentityStep
 from headwater.log.base import Log
@@ -65,30 +66,32 @@ def processor_steps(
 
 def open_identity(
     config: Config, paths: DataPaths, control: ControlStore
-) -> tuple[IdentityStep, SqliteIdentityStore] | None:
-    """The identity step, if a workspace of `config` turns identity resolution on."""
-    enabled = {ws.name: ws for ws in config.workspaces if ws.identity.enabled}
-    if not enabled:
-        return None
-    if config.state.backend != "embedded":
-        log.warning("identity resolution runs only with state.backend: embedded for now; off")
-        return None
-    settings = {name: identity_settings(ws.identity) for name, ws in enabled.items()}
+) -> tuple[IdentityStep, SqliteIdentityStore]:
+    """The identity step: it resolves the workspaces whose settings (in the control plane, from
+    headwater.yaml or the admin API) turn identity resolution on, and follows changes."""
+    catalog = IdentityCatalog(control)
+    settings: dict[str, IdentitySettings] = {}
     workspace_of: dict[str, str] = {}
+    store = SqliteIdentityStore(paths.root / "state" / "identity.db")
+    step = IdentityStep(IdentityResolver(store, settings.__getitem__), workspace_of.get)
 
-    def follow_sources() -> None:  # sources made later (admin API) are resolved too
+    def follow() -> None:  # settings changed, sources made later: resolved from now on
+        enabled = {n: c for n, c in catalog.all().items() if c.enabled}
+        if enabled and config.state.backend != "embedded":
+            log.warning("identity resolution runs only with state.backend: embedded for now")
+            enabled = {}
+        settings.clear()
+        settings.update({name: identity_settings(c) for name, c in enabled.items()})
         found = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
         workspace_of.clear()
         workspace_of.update(found)
+        step.retention_ms = {
+            name: int(parse_duration(c.recent_events) * 1000) for name, c in enabled.items()
+        }
+        step.active = bool(enabled)
 
-    follow_sources()
-    store = SqliteIdentityStore(paths.root / "state" / "identity.db")
-    resolver = IdentityResolver(store, settings.__getitem__)
-    step = IdentityStep(resolver, workspace_of.get)
-    step.follow_sources = follow_sources
-    step.retention_ms = {
-        name: int(parse_duration(ws.identity.recent_events) * 1000) for name, ws in enabled.items()
-    }
+    follow()
+    step.follow_sources = follow
     return step, store
 
 
@@ -146,12 +149,9 @@ async def run_processor(
         loop.create_task(flush_metrics_forever(metrics, paths.metrics_dir)),
         loop.create_task(_expire_forever(accounting, dedupe)),
     ]
-    identity = open_identity(config, paths, control)
-    step = identity[0] if identity is not None else None
-    follow = step.follow_sources if step is not None else None
-    tasks.append(loop.create_task(_follow_plans(catalog, plans, follow)))
-    if identity is not None:
-        tasks.append(loop.create_task(_expire_events_forever(*identity)))
+    step, identity = open_identity(config, paths, control)
+    tasks.append(loop.create_task(_follow_plans(catalog, plans, step.follow_sources)))
+    tasks.append(loop.create_task(_expire_events_forever(step, identity)))
     parts = Parts(processor_steps(dedupe, plans, step), accounting)
     try:
         if config.log.backend == "jetstream":
@@ -163,8 +163,7 @@ async def run_processor(
             task.cancel()
         if dedupe is not None:
             dedupe.close()
-        if identity is not None:
-            identity[1].close()
+        identity.close()
         accounting.close()
         control.close()
         with contextlib.suppress(OSError):
