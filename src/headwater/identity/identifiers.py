@@ -102,8 +102,16 @@ def identifiers(fields: IdentityFields) -> list[Ident]:
             if ident not in found:
                 found.append(ident)
 
-    add("user_id", fields.userId)
-    add("anonymous_id", fields.anonymousId)
+    # the usual message: string ids, nothing else to look at (checked without a call each)
+    user, anon = fields.userId, fields.anonymousId
+    if type(user) is str and user.strip():
+        found.append(Ident("user_id", user))
+    elif user is not None:
+        add("user_id", user)
+    if type(anon) is str and anon.strip():
+        found.append(Ident("anonymous_id", anon))
+    elif anon is not None:
+        add("anonymous_id", anon)
     if isinstance(fields.traits, dict):
         add("email", fields.traits.get("email"))
     ctx = fields.context

@@ -63,10 +63,17 @@ class TypeRules:
     priority: int
     blocked: frozenset[str]  # lower-cased
     patterns: tuple[re.Pattern[str], ...]
+    _any: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:  # one search for all the patterns
+        if self.patterns:
+            joined = "|".join(f"(?:{p.pattern})" for p in self.patterns)
+            object.__setattr__(self, "_any", re.compile(joined))
 
     def blocks(self, value: str) -> bool:
-        v = value.strip().lower()
-        return v in self.blocked or any(p.search(value) for p in self.patterns)
+        if value.strip().lower() in self.blocked:
+            return True
+        return self._any is not None and self._any.search(value) is not None
 
 
 @dataclass
