@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from headwater.events.stamp import Stamp, encode_stamp
 from headwater.identity.identifiers import Ident
 from headwater.identity.resolver import IdentityResolver
 from headwater.identity.sqlite_store import SqliteIdentityStore
@@ -112,3 +114,20 @@ def test_with_profile_id(raw: bytes, expected: dict[str, object]) -> None:
     out = with_profile_id(raw, "use_x")
     assert msgspec.json.decode(out) == expected
     assert out.count(b'"profileId"') == 1
+
+
+def test_a_message_whose_path_says_its_type_sets_traits_and_reads_back_stamped(
+    store: SqliteIdentityStore,
+) -> None:
+    """`POST /v1/identify` stores the body without `type`: the stamp's path type is the call."""
+    at = dt.datetime(2026, 1, 15, 10, 0, tzinfo=dt.UTC)
+    stamp = encode_stamp(Stamp(at, None, "10.0.0.1", path_type="identify"))
+    body = {"userId": "ada", "traits": {"plan": "pro"}, "messageId": "m1"}
+    it = Item(WEB, json.dumps(body).encode(), stamp=stamp, position="0:1:0")
+    step_for(store)([it])
+    reader = store.reader("acme")
+    assert reader.traits(it.key) == {"plan": "pro"}
+    [(_seq, event)] = reader.events(it.key, 10)
+    stored = msgspec.json.decode(event)
+    assert stored["type"] == "identify" and stored["context"]["ip"] == "10.0.0.1"
+    assert stored["profileId"] == it.key

@@ -131,17 +131,18 @@ def identifiers(fields: IdentityFields) -> list[Ident]:
     return found
 
 
-def group_of(fields: IdentityFields) -> str | None:
-    """The group a `group` call links the profile to."""
-    return text(fields.groupId) if fields.type == "group" else None
+def group_of(fields: IdentityFields, kind: Any = None) -> str | None:
+    """The group a `group` call links the profile to (`kind` as for `traits_of`)."""
+    return text(fields.groupId) if (fields.type or kind) == "group" else None
 
 
-def traits_of(fields: IdentityFields) -> dict[str, Any]:
+def traits_of(fields: IdentityFields, kind: Any = None) -> dict[str, Any]:
     """The traits a message sets on its profile: `context.traits`, then an `identify` call's
-    own `traits` over them (a `group` call's traits describe the group, not the person)."""
+    own `traits` over them (a `group` call's traits describe the group, not the person).
+    `kind`: the call type when the message has none (its path says it)."""
     out: dict[str, Any] = {}
     if fields.context is not None and isinstance(fields.context.traits, dict):
         out.update(fields.context.traits)
-    if fields.type == "identify" and isinstance(fields.traits, dict):
+    if (fields.type or kind) == "identify" and isinstance(fields.traits, dict):
         out.update(fields.traits)
     return out

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from headwater.events.stored import records_of_run
+
 PROFILE_SCHEMA = """
 CREATE INDEX IF NOT EXISTS profiles_by_merge ON profiles(workspace, merged_into);
 CREATE TABLE IF NOT EXISTS profile_traits(
@@ -24,7 +26,7 @@ CREATE TABLE IF NOT EXISTS profile_traits(
 CREATE TABLE IF NOT EXISTS profile_events(
     seq INTEGER PRIMARY KEY, workspace TEXT NOT NULL, profile TEXT NOT NULL,
     at_ms INTEGER NOT NULL, message_id TEXT NOT NULL, source_id TEXT NOT NULL,
-    message BLOB NOT NULL);
+    message BLOB NOT NULL, stamp BLOB);
 CREATE INDEX IF NOT EXISTS profile_events_by_profile ON profile_events(workspace, profile, seq);
 CREATE TABLE IF NOT EXISTS profile_links(
     workspace TEXT NOT NULL, profile TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
@@ -45,6 +47,7 @@ class ProfileChange:
     message: bytes
     traits: dict[str, Any] = field(default_factory=dict)
     group_id: str | None = None
+    stamp: bytes | None = None  # the request's stamp, applied when the event is read
 
 
 def write_changes(conn: sqlite3.Connection, workspace: str, changes: list[ProfileChange]) -> None:
@@ -65,9 +68,12 @@ def write_changes(conn: sqlite3.Connection, workspace: str, changes: list[Profil
         traits,
     )
     conn.executemany(
-        "INSERT INTO profile_events(workspace, profile, at_ms, message_id, source_id, message) "
-        "VALUES(?,?,?,?,?,?)",
-        [(workspace, c.profile_id, c.at_ms, c.message_id, c.source_id, c.message) for c in changes],
+        "INSERT INTO profile_events(workspace, profile, at_ms, message_id, source_id, message, "
+        "stamp) VALUES(?,?,?,?,?,?,?)",
+        [
+            (workspace, c.profile_id, c.at_ms, c.message_id, c.source_id, c.message, c.stamp)
+            for c in changes
+        ],
     )
     conn.executemany(
         "INSERT OR IGNORE INTO profile_links VALUES(?,?,'groups',?,?)",
@@ -93,6 +99,20 @@ def expire_events(conn: sqlite3.Connection, workspace: str, before_ms: int) -> i
     return conn.execute(
         "DELETE FROM profile_events WHERE seq < ? AND workspace = ?", (lo, workspace)
     ).rowcount
+
+
+def _stamped(source_id: str, message: bytes, stamp: bytes | None) -> bytes:
+    if stamp is None:
+        return message
+    records = records_of_run(source_id, stamp, b"[" + message + b"]")
+    return records[0].message if records else message
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Columns that stores made by earlier versions lack."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(profile_events)")}
+    if "stamp" not in columns:
+        conn.execute("ALTER TABLE profile_events ADD COLUMN stamp BLOB")
 
 
 class ProfileReader:
@@ -130,12 +150,13 @@ class ProfileReader:
     def events(
         self, canonical: str, limit: int, before_seq: int | None = None
     ) -> list[tuple[int, bytes]]:
-        """(seq, message) of recent events, newest first, older than `before_seq`."""
+        """(seq, message as stored readers see it: stamped) of recent events, newest first,
+        older than `before_seq`."""
         members = self.members(canonical)
         return [
-            (int(seq), bytes(message))
-            for seq, message in self.conn.execute(
-                "SELECT seq, message FROM profile_events "  # noqa: S608 - placeholders only
+            (int(seq), _stamped(source_id, bytes(message), stamp))
+            for seq, source_id, message, stamp in self.conn.execute(
+                "SELECT seq, source_id, message, stamp FROM profile_events "  # noqa: S608 - placeholders only
                 f"WHERE workspace = ? AND profile IN ({self._in(members)}) AND seq < ? "
                 "ORDER BY seq DESC LIMIT ?",
                 (self.workspace, *members, before_seq or 1 << 62, limit),

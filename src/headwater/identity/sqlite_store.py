@@ -32,6 +32,7 @@ from headwater.identity.profiles import (
     ProfileChange,
     ProfileReader,
     expire_events,
+    migrate,
     write_changes,
 )
 
@@ -102,6 +103,7 @@ class SqliteIdentityStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._conn.executescript(SCHEMA + PROFILE_SCHEMA)
+        migrate(self._conn)
         # Commits do not checkpoint (a checkpoint fsyncs: 40 ms in a unit's commit); a thread
         # of the store's own does, every second, without blocking the writer.
         self._conn.execute("PRAGMA wal_autocheckpoint=0")

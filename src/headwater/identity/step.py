@@ -16,6 +16,7 @@ from collections.abc import Callable
 import msgspec
 
 from headwater.accounting.tally import now_ms
+from headwater.events.stamp import decode_stamp
 from headwater.identity.graph import Message, Resolution
 from headwater.identity.identifiers import (
     IdentityFields,
@@ -27,10 +28,10 @@ from headwater.identity.identifiers import (
 )
 from headwater.identity.profiles import ProfileChange
 from headwater.identity.resolver import IdentityResolver
-from headwater.processing.runtime import Item, received_ms
+from headwater.processing.runtime import Item
 
 PROFILE_FIELD = b'"profileId"'
-Found = tuple[Item, Message, IdentityFields]
+Found = tuple[Item, Message, IdentityFields, str | None]
 
 
 class IdentityStep:
@@ -50,8 +51,8 @@ class IdentityStep:
     def __call__(self, items: list[Item]) -> None:
         if not self.active:
             return
-        by_workspace: dict[str, list[tuple[Item, Message, IdentityFields]]] = {}
-        received: dict[bytes | None, int] = {}
+        by_workspace: dict[str, list[Found]] = {}
+        requests: dict[bytes | None, tuple[int, str | None]] = {}  # stamp -> time, path type
         now = now_ms()
         for item in items:
             if item.outcome or item.via:  # made by a step (forwarded, `Violation Generated`)
@@ -62,24 +63,26 @@ class IdentityStep:
             fields = decode_identity(item.message)
             if fields is None:
                 continue
-            at_ms = received.get(item.stamp)
-            if at_ms is None:
-                at_ms = received[item.stamp] = received_ms(item.stamp, now)
+            request = requests.get(item.stamp)
+            if request is None:
+                request = requests[item.stamp] = _request(item.stamp, now)
+            at_ms, path_type = request
+            kind = fields.type or path_type  # `/v1/identify` and the like imply the type
             message = Message(
                 text(fields.messageId) or item.position,
                 item.source_id,
                 at_ms,
                 identifiers(fields),
-                text(fields.previousId) if fields.type == "alias" else None,
+                text(fields.previousId) if kind == "alias" else None,
             )
-            by_workspace.setdefault(workspace, []).append((item, message, fields))
+            by_workspace.setdefault(workspace, []).append((item, message, fields, kind))
         for workspace, found in by_workspace.items():
 
             def changes(
                 results: list[Resolution], found: list[Found] = found
             ) -> list[ProfileChange]:
                 out = []
-                for (item, message, fields), result in zip(found, results, strict=True):
+                for (item, message, fields, kind), result in zip(found, results, strict=True):
                     if result.profile_id is None:
                         continue
                     item.key = result.profile_id
@@ -91,13 +94,25 @@ class IdentityStep:
                             message.source_id,
                             message.at_ms,
                             item.message,
-                            traits_of(fields),
-                            group_of(fields),
+                            traits_of(fields, kind),
+                            group_of(fields, kind),
+                            item.stamp,
                         )
                     )
                 return out
 
-            self.resolver.resolve_unit(workspace, [m for _i, m, _f in found], changes)
+            self.resolver.resolve_unit(workspace, [m for _i, m, _f, _k in found], changes)
+
+
+def _request(stamp: bytes | None, now: int) -> tuple[int, str | None]:
+    """When a message's request arrived, and the call type its path implies."""
+    if stamp is None:
+        return now, None
+    try:
+        decoded = decode_stamp(stamp)
+    except (msgspec.DecodeError, ValueError):
+        return now, None
+    return int(decoded.received_at.timestamp() * 1000), decoded.path_type
 
 
 def with_profile_id(message: bytes, profile_id: str) -> bytes:
