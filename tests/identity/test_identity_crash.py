@@ -5,7 +5,6 @@ the same graph."""
 from __future__ import annotations
 
 import random
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,12 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
-import msgspec
 
 from headwater.identity.identifiers import Ident
 from headwater.identity.sqlite_store import SqliteIdentityStore
-from headwater.log.embedded.reader import EmbeddedLogReader
-from headwater.log.embedded.store import LogLayoutError
 from tests.support.fleet import wait_until
 from tests.support.server import HeadwaterServer, basic
 
@@ -65,26 +61,6 @@ def _load(
                 acked.extend(batch)
 
 
-def _stored(server: HeadwaterServer) -> dict[str, dict[str, object]]:
-    try:
-        reader = EmbeddedLogReader(server.data / "log" / "events")
-    except (LogLayoutError, sqlite3.OperationalError):
-        return {}
-    out: dict[str, dict[str, object]] = {}
-    try:
-        for p in range(reader.partitions):
-            offset = 0
-            while batches := reader.read(p, offset):
-                for batch in batches:
-                    for r in batch.records:
-                        m = msgspec.json.decode(r.message)
-                        out[m["messageId"]] = m
-                    offset = batch.end_offset
-    finally:
-        reader.close()
-    return out
-
-
 def test_sigkill_mid_resolution_leaves_one_consistent_graph(tmp_path: Path) -> None:
     server = HeadwaterServer(tmp_path, CONFIG)
     server.start()
@@ -106,12 +82,12 @@ def test_sigkill_mid_resolution_leaves_one_consistent_graph(tmp_path: Path) -> N
     server.start()
     try:
         wanted = {m["messageId"] for m in acked}
-        assert wait_until(lambda: wanted <= _stored(server).keys(), 60), (
+        assert wait_until(lambda: wanted <= server.by_message_id("events").keys(), 60), (
             "not every message came out"
         )
     finally:
         server.stop()
-    stored = _stored(server)
+    stored = server.by_message_id("events")
     store = SqliteIdentityStore(server.data / "state" / "identity.db")
     try:
         for m in acked:  # each resolved; its profile, as merged since, holds its anonymous id

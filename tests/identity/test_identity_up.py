@@ -4,7 +4,6 @@ the `events` log is partitioned by it."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -12,11 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from headwater.log.embedded.reader import EmbeddedLogReader
-from headwater.log.embedded.store import LogLayoutError
 from headwater.log.records import partition_for
 from tests.support.fleet import wait_until
 from tests.support.server import ADMIN_TOKEN, HeadwaterServer, basic
@@ -43,19 +39,9 @@ def server(tmp_path: Path) -> Iterator[HeadwaterServer]:
     s.stop()
 
 
-def events(server: HeadwaterServer) -> list[tuple[int, dict[str, Any]]]:
-    reader = EmbeddedLogReader(server.data / "log" / "events")
-    out = []
-    try:
-        for p in range(reader.partitions):
-            offset = 0
-            while batches := reader.read(p, offset):
-                for batch in batches:
-                    out += [(p, msgspec.json.decode(r.message)) for r in batch.records]
-                    offset = batch.end_offset
-    finally:
-        reader.close()
-    return out
+def events(server: HeadwaterServer) -> dict[str, dict[str, Any]]:
+    """What the processor wrote, by messageId (`__partition`: where)."""
+    return server.by_message_id("events")
 
 
 def test_two_devices_and_a_sign_up_make_one_profile(server: HeadwaterServer) -> None:
@@ -80,7 +66,7 @@ def test_two_devices_and_a_sign_up_make_one_profile(server: HeadwaterServer) -> 
             )
             assert r.status_code == 200
             assert wait_until(lambda n=message["messageId"]: _has(server, n), 20)
-    stored = {m["messageId"]: (p, m) for p, m in events(server)}
+    stored = {mid: (m["__partition"], m) for mid, m in events(server).items()}
     ada = stored["m5"][1]["profileId"]
     assert ada.startswith("use_")
     assert {stored[m][1]["profileId"] for m in ("m3", "m4", "m5")} == {ada}
@@ -118,10 +104,7 @@ def test_two_devices_and_a_sign_up_make_one_profile(server: HeadwaterServer) -> 
 
 
 def _has(server: HeadwaterServer, message_id: str) -> bool:
-    try:
-        return any(m.get("messageId") == message_id for _p, m in events(server))
-    except (LogLayoutError, sqlite3.OperationalError):  # `events` not made (whole) yet
-        return False
+    return message_id in events(server)
 
 
 def test_a_source_made_later_through_the_admin_api_is_resolved(server: HeadwaterServer) -> None:
@@ -139,7 +122,7 @@ def test_a_source_made_later_through_the_admin_api_is_resolved(server: Headwater
         )
         assert r.status_code == 200
     assert wait_until(lambda: _has(server, "ios-1"), 20)
-    [(_p, stored)] = [(p, m) for p, m in events(server) if m["messageId"] == "ios-1"]
+    stored = events(server)["ios-1"]
     assert stored["profileId"].startswith("use_")  # the processor followed the control plane
 
 
@@ -187,7 +170,7 @@ def test_identity_turned_on_through_the_admin_api_applies_without_a_restart(
                 )
                 assert r.status_code == 200
                 assert wait_until(lambda n=n: _has(server, f"after-{n}"), 20)
-                found = {x["messageId"]: x for _p, x in events(server)}[f"after-{n}"]
+                found = events(server)[f"after-{n}"]
                 if "profileId" in found:
                     resolved = found
                     break
@@ -195,5 +178,5 @@ def test_identity_turned_on_through_the_admin_api_applies_without_a_restart(
     finally:
         server.stop()
     assert resolved is not None and resolved["profileId"].startswith("use_")
-    stored = {m["messageId"]: m for _p, m in events(server)}
+    stored = events(server)
     assert "profileId" not in stored["before"]  # identity was off

@@ -8,6 +8,7 @@ import ctypes
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import httpx
 import msgspec
 
 from headwater.log.embedded import EmbeddedLogReader
+from headwater.log.embedded.store import LogLayoutError
 
 ADMIN_TOKEN = "hwadm_test_token"
 WRITE_KEY = "wk_test_web_1"
@@ -119,10 +121,10 @@ class HeadwaterServer:
         self.proc.wait()
         _wait_gone(pids)
 
-    def messages(self) -> list[dict[str, Any]]:
-        """Every stored message (stamped), oldest first per partition, with the source and the
-        partition it was stored under (`__source_id`, `__partition`)."""
-        reader = EmbeddedLogReader(self.data / "log" / "ingest")
+    def messages(self, log: str = "ingest") -> list[dict[str, Any]]:
+        """Every message of `log` (stamped), oldest first per partition, with the source and
+        the partition it was stored under (`__source_id`, `__partition`)."""
+        reader = EmbeddedLogReader(self.data / "log" / log)
         try:
             out: list[dict[str, Any]] = []
             for p in range(reader.partitions):
@@ -141,6 +143,13 @@ class HeadwaterServer:
             return out
         finally:
             reader.close()
+
+    def by_message_id(self, log: str) -> dict[str, dict[str, Any]]:
+        """`messages(log)` by messageId; empty while the log is not made (whole) yet."""
+        try:
+            return {m["messageId"]: m for m in self.messages(log)}
+        except (LogLayoutError, sqlite3.OperationalError):
+            return {}
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0, **kw)
