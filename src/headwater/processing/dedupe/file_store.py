@@ -30,6 +30,8 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import msgspec
 import numpy as np
 from xxhash import xxh3_64_intdigest
 
-from headwater.processing.dedupe.fingerprints import FingerprintIndex, fingerprint, fingerprints
+from headwater.processing.dedupe.fingerprints import FingerprintIndex, fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,16 @@ class FileDedupeStore:
                 os.close(fd)
             self._readers.clear()
             self._fd = None
+
+    def import_claims(self, rows: list[tuple[str, str, int]]) -> None:
+        """Append claims (message_id, position, ms), in time order, each at its own time, and
+        sync them (moving a store of another layout into this one)."""
+        with self._lock:
+            for ms, group in groupby(rows, key=itemgetter(2)):
+                batch = [(m, p) for m, p, _ms in group]
+                self._append(batch, fingerprints([m for m, _p in batch]), ms)
+            if self._fd is not None:
+                os.fsync(self._fd)
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -312,24 +324,6 @@ class FileDedupeStore:
         return seg if seg.claims else None
 
 
-def import_claims(store: FileDedupeStore, rows: list[tuple[str, str, int]]) -> None:
-    """Append claims (message_id, position, ms) in time order, as their own claims at their
-    own times (moving a store of another layout into this one)."""
-    start = 0
-    while start < len(rows):
-        ms = rows[start][2]
-        end = start
-        while end < len(rows) and rows[end][2] == ms:
-            end += 1
-        batch = [(m, p) for m, p, _ms in rows[start:end]]
-        with store._lock:
-            store._append(batch, [fingerprint(m) for m, _p in batch], ms)
-        start = end
-    with store._lock:
-        if store._fd is not None:
-            os.fsync(store._fd)
-
-
 def migrate_sqlite(path: Path, store: FileDedupeStore) -> int:
     """Move the claims of an earlier SQLite store at `path` (either of its layouts) into
     `store`, then delete it; returns how many claims moved."""
@@ -346,7 +340,7 @@ def migrate_sqlite(path: Path, store: FileDedupeStore) -> int:
     finally:
         conn.close()
     rows.sort(key=lambda r: r[2])
-    import_claims(store, rows)
+    store.import_claims(rows)
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}{suffix}").unlink()
