@@ -40,17 +40,18 @@ class IdentityStep:
     name = "identity"
 
     def __init__(
-        self, resolver: IdentityResolver, workspace_of: Callable[[str], str | None]
+        self, resolver: IdentityResolver | None, workspace_of: Callable[[str], str | None]
     ) -> None:
-        self.resolver = resolver
+        self.resolver = resolver  # None until a workspace turns identity resolution on
         self.workspace_of = workspace_of  # source id -> workspace name (None: not resolved)
         self.retention_ms: dict[str, int] = {}  # how long each workspace's profiles keep events
         self.follow_sources: Callable[[], None] | None = None  # refreshes `workspace_of`
         self.active = True  # False: no workspace resolves identities (nothing to look at)
 
     def __call__(self, items: list[Item]) -> None:
-        if not self.active:
+        if not self.active or self.resolver is None:
             return
+        resolver = self.resolver
         by_workspace: dict[str, list[Found]] = {}
         requests: dict[bytes | None, tuple[int, str | None]] = {}  # stamp -> time, path type
         now = now_ms()
@@ -101,7 +102,7 @@ class IdentityStep:
                     )
                 return out
 
-            self.resolver.resolve_unit(workspace, [m for _i, m, _f, _k in found], changes)
+            resolver.resolve_unit(workspace, [m for _i, m, _f, _k in found], changes)
 
 
 def _request(stamp: bytes | None, now: int) -> tuple[int, str | None]:

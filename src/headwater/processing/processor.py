@@ -64,22 +64,26 @@ def processor_steps(
     return [*steps, plans, *([identity] if identity is not None else []), ProfileKey()]
 
 
-def open_identity(
-    config: Config, paths: DataPaths, control: ControlStore
-) -> tuple[IdentityStep, SqliteIdentityStore]:
+def open_identity(config: Config, paths: DataPaths, control: ControlStore) -> IdentityStep:
     """The identity step: it resolves the workspaces whose settings (in the control plane, from
-    headwater.yaml or the admin API) turn identity resolution on, and follows changes."""
+    headwater.yaml or the admin API) turn identity resolution on, and follows changes. Its
+    store is opened when a workspace first turns it on (`close_identity` closes it)."""
     catalog = IdentityCatalog(control)
     settings: dict[str, IdentitySettings] = {}
     workspace_of: dict[str, str] = {}
-    store = SqliteIdentityStore(paths.root / "state" / "identity.db")
-    step = IdentityStep(IdentityResolver(store, settings.__getitem__), workspace_of.get)
+    step = IdentityStep(None, workspace_of.get)
+    refused = False
 
     def follow() -> None:  # settings changed, sources made later: resolved from now on
+        nonlocal refused
         enabled = {n: c for n, c in catalog.all().items() if c.enabled}
         if enabled and config.state.backend != "embedded":
-            log.warning("identity resolution runs only with state.backend: embedded for now")
-            enabled = {}
+            if not refused:
+                log.warning("identity resolution runs only with state.backend: embedded for now")
+            refused, enabled = True, {}
+        if enabled and step.resolver is None:
+            store = SqliteIdentityStore(paths.root / "state" / "identity.db")
+            step.resolver = IdentityResolver(store, settings.__getitem__)
         settings.clear()
         settings.update({name: identity_settings(c) for name, c in enabled.items()})
         found = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
@@ -92,7 +96,12 @@ def open_identity(
 
     follow()
     step.follow_sources = follow
-    return step, store
+    return step
+
+
+def close_identity(step: IdentityStep) -> None:
+    if step.resolver is not None:
+        step.resolver.store.close()
 
 
 @dataclass
@@ -149,9 +158,9 @@ async def run_processor(
         loop.create_task(flush_metrics_forever(metrics, paths.metrics_dir)),
         loop.create_task(_expire_forever(accounting, dedupe)),
     ]
-    step, identity = open_identity(config, paths, control)
+    step = open_identity(config, paths, control)
     tasks.append(loop.create_task(_follow_plans(catalog, plans, step.follow_sources)))
-    tasks.append(loop.create_task(_expire_events_forever(step, identity)))
+    tasks.append(loop.create_task(_expire_events_forever(step)))
     parts = Parts(processor_steps(dedupe, plans, step), accounting)
     try:
         if config.log.backend == "jetstream":
@@ -163,7 +172,7 @@ async def run_processor(
             task.cancel()
         if dedupe is not None:
             dedupe.close()
-        identity.close()
+        close_identity(step)
         accounting.close()
         control.close()
         with contextlib.suppress(OSError):
@@ -181,10 +190,13 @@ async def _expire_forever(accounting: AccountingStore, dedupe: DedupeStore | Non
                 log.exception("expiring what is past retention failed")
 
 
-async def _expire_events_forever(step: IdentityStep, store: SqliteIdentityStore) -> None:
+async def _expire_events_forever(step: IdentityStep) -> None:
     """Forget what profiles keep of events past each workspace's `recent_events`."""
     while True:
         await asyncio.sleep(EXPIRE_EVERY_S)
+        if step.resolver is None:
+            continue
+        store = step.resolver.store
         for workspace, keep_ms in step.retention_ms.items():
             try:
                 await asyncio.to_thread(store.expire, workspace, now_ms() - keep_ms)
