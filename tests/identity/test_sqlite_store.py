@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from headwater.identity import sqlite_writer
 from headwater.identity.graph import Graph, Message, resolve
 from headwater.identity.identifiers import Ident
 from headwater.identity.resolver import IdentityResolver, rebuild
@@ -117,7 +118,7 @@ def test_a_unit_that_fails_to_commit_leaves_no_trace(
     def broken(*_a: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "_write", broken)
+    monkeypatch.setattr(sqlite_writer, "write_group", broken)
     with pytest.raises(OSError):
         resolver.resolve_unit(
             WS, [Message("m1", "s", T0 + 1, [Ident("user_id", "u2"), Ident("email", "e")])]
@@ -129,6 +130,8 @@ def test_a_unit_that_fails_to_commit_leaves_no_trace(
         WS, [Message("m1", "s", T0 + 1, [Ident("user_id", "u2"), Ident("email", "e")])]
     )
     assert r.created
+    # memory was reloaded from the file: the failed unit's identifiers are not known there
+    assert store.owner_of(WS, Ident("email", "e")) == r.profile_id
     store.close()
 
 

@@ -22,9 +22,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import msgspec
+from redis.exceptions import RedisError
 
+from headwater.config import Config
 from headwater.identity.identifiers import Ident
-from headwater.identity.profiles import ProfileReader
+from headwater.identity.stores import ProfileReading, embedded_path, open_store
+from headwater.paths import DataPaths
 
 PREFIX = "/v1/spaces/"
 WHAT = ("traits", "events", "external_ids", "metadata", "links")
@@ -49,7 +52,7 @@ class ProfileLookup:
 
     def __init__(
         self,
-        reader: Callable[[str], ProfileReader | None],
+        reader: Callable[[str], ProfileReading | None],
         owner: Callable[[str, Ident], str | None],
         current: Callable[[str, str], str | None],
     ) -> None:
@@ -79,6 +82,9 @@ class ProfileApi:
                 error = ProfileError(404, "not_found", "no profiles yet")
             else:
                 error = ProfileError(503, "unavailable", f"the profile store: {exc}")
+            return error.status, error.body()
+        except RedisError as exc:
+            error = ProfileError(503, "unavailable", f"the profile store: {exc}")
             return error.status, error.body()
 
     def _answer(self, method: str, path: str, query: str, authorization: str | None) -> bytes:
@@ -127,7 +133,7 @@ class ProfileApi:
         return found
 
     def resource(
-        self, reader: ProfileReader, profile: str, what: str, params: dict[str, str], path: str
+        self, reader: ProfileReading, profile: str, what: str, params: dict[str, str], path: str
     ) -> dict[str, Any]:
         """The body of `what` for `profile` (the same answer `headwater profile` prints)."""
         if what == "metadata":
@@ -184,7 +190,7 @@ class ProfileApi:
 
 
 def _traits(
-    reader: ProfileReader,
+    reader: ProfileReading,
     profile: str,
     params: dict[str, str],
     limit: int,
@@ -261,6 +267,15 @@ def _basic_user(authorization: str | None) -> str | None:
     return user or None
 
 
+def open_lookup(config: Config, paths: DataPaths) -> ProfileLookup:
+    """A lookup on the identity store `config` asks for (Redis: opened at once; embedded: see
+    `store_lookup`)."""
+    if config.state.backend != "redis":
+        return store_lookup(embedded_path(paths))
+    store = open_store(config, paths, readonly=True)
+    return ProfileLookup(store.reader, store.owner_of, store.current_profile)
+
+
 def store_lookup(path: Any) -> ProfileLookup:
     """A lookup on the embedded identity store at `path`, opened read-only on first use (a
     store the processor has not made yet answers nothing)."""
@@ -275,7 +290,7 @@ def store_lookup(path: Any) -> ProfileLookup:
             opened.append(SqliteIdentityStore(path, readonly=True))
         return opened[0]
 
-    def reader(space: str) -> ProfileReader | None:
+    def reader(space: str) -> ProfileReading | None:
         s = store()
         return None if s is None else s.reader(space)
 

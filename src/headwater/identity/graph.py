@@ -23,10 +23,16 @@ import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
 from xxhash import xxh3_128_digest
 
 from headwater.identity.identifiers import Ident
 from headwater.identity.settings import IdentitySettings
+
+
+class GraphConflict(Exception):
+    """Raised by a shared store's `save` when another processor changed what the unit read
+    (an owner or a profile): the unit is resolved again on a fresh read."""
 
 
 @dataclass
@@ -60,8 +66,7 @@ class GraphUpdate:
     at_ms: int
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """What resolution needs of a message."""
 
     message_id: str
@@ -71,15 +76,14 @@ class Message:
     previous_id: str | None = None  # an `alias` call's previousId
 
 
-@dataclass
-class Resolution:
+class Resolution(msgspec.Struct):
     """Where a message went: its canonical profile (None: it had no usable identifier)."""
 
     profile_id: str | None
     created: bool = False
-    merged: list[str] = field(default_factory=list)  # profiles merged into it
-    dropped: list[Ident] = field(default_factory=list)  # identifiers left out by a rule
-    blocked: list[Ident] = field(default_factory=list)
+    merged: list[str] = msgspec.field(default_factory=list)  # profiles merged into it
+    dropped: list[Ident] = msgspec.field(default_factory=list)  # identifiers a rule left out
+    blocked: list[Ident] = msgspec.field(default_factory=list)
     changed: bool = False  # whether the graph changed (a replay of a message changes nothing)
 
 
@@ -101,6 +105,7 @@ class Graph:
         self.changed_profiles: set[str] = set()
         self._load_owner = load_owner
         self._load_profile = load_profile
+        self.load_profiles: Callable[[list[str]], dict[str, Profile]] | None = None
         self._missing: set[Ident] = set()
 
     def owner(self, ident: Ident) -> str | None:
@@ -117,6 +122,13 @@ class Graph:
     def known_missing(self, idents: Iterable[Ident]) -> None:
         """No profile holds `idents` (read at once by the store): not looked up one by one."""
         self._missing.update(idents)
+
+    def preload(self, pids: Iterable[str]) -> None:
+        """Load these profiles at once (what resolution is about to read), where the store
+        can read several in one go (`load_profiles`)."""
+        wanted = [p for p in pids if p not in self.profiles]
+        if wanted and self.load_profiles is not None:
+            self.profiles.update(self.load_profiles(wanted))
 
     def profile(self, pid: str) -> Profile | None:
         found = self.profiles.get(pid)
@@ -156,6 +168,10 @@ def profile_id(message_id: str, seq: int) -> str:
 
 def resolve(graph: Graph, settings: IdentitySettings, message: Message) -> Resolution:
     """Attach `message`'s identifiers to the graph (see the module's docstring)."""
+    if message.previous_id is None:  # the common case: every identifier known, one holder
+        holder = _sole_holder(graph, settings, message.identifiers)
+        if holder is not None:
+            return Resolution(holder)
     result = Resolution(None)
     idents: list[Ident] = []
     candidates = list(message.identifiers)
@@ -198,6 +214,21 @@ def resolve(graph: Graph, settings: IdentitySettings, message: Message) -> Resol
         result.changed = changed
         return result
     return result
+
+
+def _sole_holder(graph: Graph, settings: IdentitySettings, idents: list[Ident]) -> str | None:
+    """The profile holding every one of `idents` when one does and none is blocked (what the
+    full resolution would find too, in fewer steps); else None."""
+    owners = graph.owners
+    holder = None
+    for ident in idents:
+        owner = owners.get(ident)
+        if owner is None or (holder is not None and owner != holder):
+            return None
+        holder = owner
+    if holder is None or settings.blocks_any(idents):
+        return None
+    return graph.canonical(holder)
 
 
 def _owners(graph: Graph, idents: Iterable[Ident]) -> list[Profile]:

@@ -94,41 +94,45 @@ def identifiers(fields: IdentityFields) -> list[Ident]:
     """The message's identifiers, each once, in the order of the table above (`alias`'s
     `previousId` is left to the caller, which knows whether it is a known user id)."""
     found: list[Ident] = []
-
-    def add(kind: str, raw: Any) -> None:
-        value = text(raw)
-        if value is not None:
-            ident = Ident(kind, value)
-            if ident not in found:
-                found.append(ident)
-
     # the usual message: string ids, nothing else to look at (checked without a call each)
     user, anon = fields.userId, fields.anonymousId
     if type(user) is str and user.strip():
         found.append(Ident("user_id", user))
     elif user is not None:
-        add("user_id", user)
+        _add(found, "user_id", user)
     if type(anon) is str and anon.strip():
         found.append(Ident("anonymous_id", anon))
     elif anon is not None:
-        add("anonymous_id", anon)
-    if isinstance(fields.traits, dict):
-        add("email", fields.traits.get("email"))
+        _add(found, "anonymous_id", anon)
     ctx = fields.context
+    if fields.traits is None and (
+        ctx is None or (ctx.traits is None and ctx.device is None and not ctx.externalIds)
+    ):
+        return found
+    if isinstance(fields.traits, dict):
+        _add(found, "email", fields.traits.get("email"))
     if ctx is not None:
         if isinstance(ctx.traits, dict):
-            add("email", ctx.traits.get("email"))
+            _add(found, "email", ctx.traits.get("email"))
         if ctx.device is not None:
             d = ctx.device
             platform = _platform(d)
-            add(f"{platform}.id" if platform else "device_id", d.id)
-            add(f"{platform}.idfa" if platform else "advertising_id", d.advertisingId)
-            add(f"{platform}.push_token" if platform else "push_token", d.token)
+            _add(found, f"{platform}.id" if platform else "device_id", d.id)
+            _add(found, f"{platform}.idfa" if platform else "advertising_id", d.advertisingId)
+            _add(found, f"{platform}.push_token" if platform else "push_token", d.token)
         for ext in ctx.externalIds or ():
             kind = text(ext.type)
             if kind is not None and ext.collection in (None, "users"):
-                add(kind.strip().lower(), ext.id)
+                _add(found, kind.strip().lower(), ext.id)
     return found
+
+
+def _add(found: list[Ident], kind: str, raw: Any) -> None:
+    value = text(raw)
+    if value is not None:
+        ident = Ident(kind, value)
+        if ident not in found:
+            found.append(ident)
 
 
 def group_of(fields: IdentityFields, kind: Any = None) -> str | None:

@@ -1,6 +1,6 @@
 """Profiles: traits, recent events and group links, next to the identity graph.
 
-Written in the transaction that writes the graph (`SqliteIdentityStore.save`), under the
+Written in the transaction that writes the graph (`sqlite_writer`), under the
 profile a message resolved to at the time. A profile merged since keeps its rows: reading a
 profile gathers the rows of every profile merged into it (`members`), so a merge rewrites
 nothing. Traits: for each name, the value set last (by the time its message was received;
@@ -10,34 +10,47 @@ processing order on a tie) wins, and `null` removes the trait.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from headwater.events.stored import records_of_run
+from headwater.identity.event_batches import (
+    BATCHES_SCHEMA,
+    Event,
+    expire_batches,
+    migrate_event_rows,
+    oldest_event_seq,
+    read_events,
+)
+from headwater.identity.event_runs import (
+    RUNS_SCHEMA,
+    add_run,
+    drop_runs_below,
+    event_seqs,
+    profile_key,
+)
 
-PROFILE_SCHEMA = """
-CREATE INDEX IF NOT EXISTS profiles_by_merge ON profiles(workspace, merged_into);
+PROFILE_SCHEMA = (
+    RUNS_SCHEMA
+    + BATCHES_SCHEMA
+    + """
+CREATE INDEX IF NOT EXISTS profiles_by_merge ON profiles(workspace, merged_into)
+    WHERE merged_into IS NOT NULL;
 CREATE TABLE IF NOT EXISTS profile_traits(
     workspace TEXT NOT NULL, profile TEXT NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
     updated_ms INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY(workspace, profile, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS profile_events(
-    seq INTEGER PRIMARY KEY, workspace TEXT NOT NULL, profile TEXT NOT NULL,
-    at_ms INTEGER NOT NULL, message_id TEXT NOT NULL, source_id TEXT NOT NULL,
-    message BLOB NOT NULL, stamp BLOB);
-CREATE INDEX IF NOT EXISTS profile_events_by_profile ON profile_events(workspace, profile, seq);
 CREATE TABLE IF NOT EXISTS profile_links(
     workspace TEXT NOT NULL, profile TEXT NOT NULL, collection TEXT NOT NULL, id TEXT NOT NULL,
     first_ms INTEGER NOT NULL, PRIMARY KEY(workspace, profile, collection, id)) WITHOUT ROWID;
 """
+)
 
-_encode = msgspec.json.encode
+LAST_MESSAGE_AMONG = 1000  # the last message received: the latest of the newest this many
 
 
-@dataclass
-class ProfileChange:
+class ProfileChange(msgspec.Struct):
     """What one resolved message brings to its profile."""
 
     profile_id: str
@@ -45,63 +58,21 @@ class ProfileChange:
     source_id: str
     at_ms: int
     message: bytes
-    traits: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = msgspec.field(default_factory=dict)
     group_id: str | None = None
     stamp: bytes | None = None  # the request's stamp, applied when the event is read
 
 
-def write_changes(conn: sqlite3.Connection, workspace: str, changes: list[ProfileChange]) -> None:
-    """Write `changes` (inside the caller's transaction), in order."""
-    if not changes:
-        return
-    seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM profile_events").fetchone()[0])
-    traits = []
-    for i, c in enumerate(changes):
-        traits += [
-            (workspace, c.profile_id, name, _encode(value), c.at_ms, seq + i)
-            for name, value in c.traits.items()
-        ]
-    conn.executemany(  # a later message's value replaces an earlier one's, not the reverse
-        "INSERT INTO profile_traits VALUES(?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-        "value = excluded.value, updated_ms = excluded.updated_ms, seq = excluded.seq "
-        "WHERE excluded.updated_ms >= profile_traits.updated_ms",
-        traits,
-    )
-    conn.executemany(
-        "INSERT INTO profile_events(workspace, profile, at_ms, message_id, source_id, message, "
-        "stamp) VALUES(?,?,?,?,?,?,?)",
-        [
-            (workspace, c.profile_id, c.at_ms, c.message_id, c.source_id, c.message, c.stamp)
-            for c in changes
-        ],
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO profile_links VALUES(?,?,'groups',?,?)",
-        [(workspace, c.profile_id, c.group_id, c.at_ms) for c in changes if c.group_id],
-    )
-
-
 def expire_events(conn: sqlite3.Connection, workspace: str, before_ms: int) -> int:
-    """Delete `workspace`'s recent events received before `before_ms`. Events are numbered in
-    the order they were written, which is the order of their receipt times but for clock
-    steps, so the cut is found by bisecting the numbers (no index on time to keep up)."""
-    lo = int(conn.execute("SELECT coalesce(min(seq), 0) FROM profile_events").fetchone()[0])
-    hi = int(conn.execute("SELECT coalesce(max(seq), 0) FROM profile_events").fetchone()[0]) + 1
-    while lo < hi:  # the first event received at or after `before_ms`
-        mid = (lo + hi) // 2
-        row = conn.execute(
-            "SELECT seq, at_ms FROM profile_events WHERE seq >= ? ORDER BY seq LIMIT 1", (mid,)
-        ).fetchone()
-        if row is None or row[1] >= before_ms:
-            hi = mid
-        else:
-            lo = int(row[0]) + 1
-    return conn.execute(
-        "DELETE FROM profile_events WHERE seq < ? AND workspace = ?", (lo, workspace)
-    ).rowcount
+    """Forget `workspace`'s recent events received before `before_ms` (by whole batches);
+    returns how many went."""
+    gone = expire_batches(conn, workspace, before_ms)
+    drop_runs_below(conn, workspace, oldest_event_seq(conn, workspace))
+    return gone
 
 
 def _stamped(source_id: str, message: bytes, stamp: bytes | None) -> bytes:
+    """An event as readers of the `events` log see it: the request's stamp applied."""
     if stamp is None:
         return message
     records = records_of_run(source_id, stamp, b"[" + message + b"]")
@@ -109,10 +80,37 @@ def _stamped(source_id: str, message: bytes, stamp: bytes | None) -> bytes:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Columns that stores made by earlier versions lack."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(profile_events)")}
-    if "stamp" not in columns:
-        conn.execute("ALTER TABLE profile_events ADD COLUMN stamp BLOB")
+    """What stores made by earlier versions lack: identifiers on profile rows, events in
+    batches found by runs (not a row and an index entry each)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(profiles)")}
+    if "held" not in columns:  # a profile's identifiers on its row, not found by an index
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE profiles ADD COLUMN held TEXT")
+        conn.execute(
+            "UPDATE profiles SET held = (SELECT json_group_array(json_array(i.kind, i.value, "
+            "i.first_ms, i.message_id, i.source_id)) FROM identifiers AS i "
+            "WHERE i.workspace = profiles.workspace AND i.profile = profiles.id)"
+        )
+        conn.execute("DROP INDEX IF EXISTS identifiers_by_profile")
+        conn.execute("COMMIT")
+    merge_index = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'profiles_by_merge'"
+    ).fetchone()
+    if merge_index is not None and "WHERE" not in merge_index[0]:  # only merged ones, now
+        conn.execute("DROP INDEX profiles_by_merge")
+        conn.executescript(PROFILE_SCHEMA)
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'profile_events'").fetchone():
+        conn.execute("BEGIN IMMEDIATE")
+        migrate_event_rows(conn, add_run, profile_key)
+        conn.execute("COMMIT")
+
+
+def decode_held(held: str | bytes | None) -> list[tuple[str, str, int, str, str]]:
+    """A profile row's identifiers: (type, value, first seen, first message, source)."""
+    return [] if held is None else _decode_held(held)
+
+
+_decode_held = msgspec.json.Decoder(list[tuple[str, str, int, str, str]]).decode
 
 
 class ProfileReader:
@@ -152,16 +150,36 @@ class ProfileReader:
     ) -> list[tuple[int, bytes]]:
         """(seq, message as stored readers see it: stamped) of recent events, newest first,
         older than `before_seq`."""
-        members = self.members(canonical)
         return [
-            (int(seq), _stamped(source_id, bytes(message), stamp))
-            for seq, source_id, message, stamp in self.conn.execute(
-                "SELECT seq, source_id, message, stamp FROM profile_events "  # noqa: S608 - placeholders only
-                f"WHERE workspace = ? AND profile IN ({self._in(members)}) AND seq < ? "
-                "ORDER BY seq DESC LIMIT ?",
-                (self.workspace, *members, before_seq or 1 << 62, limit),
+            (seq, _stamped(source_id, message, stamp))
+            for seq, _at, _mid, source_id, message, stamp, _p in self._events(
+                canonical, limit, before_seq
             )
         ]
+
+    def _events(self, canonical: str, limit: int, before_seq: int | None = None) -> list[Event]:
+        """(seq, received, message id, source, message, stamp, profile) of the profile's
+        newest `limit` events older than `before_seq`."""
+        members = set(self.members(canonical))
+        ws = self.workspace
+        out: list[Event] = []
+        conn = self.conn
+        began = not conn.in_transaction
+        if began:
+            conn.execute("BEGIN")  # one snapshot: runs merge and batches expire meanwhile
+        try:
+            seqs = event_seqs(conn, ws, [profile_key(ws, m) for m in members])
+            if before_seq is not None:
+                seqs = [s for s in seqs if s < before_seq]
+            at = 0
+            while len(out) < limit and at < len(seqs):
+                chunk = seqs[at : at + max(limit - len(out), 16)]
+                at += len(chunk)  # expired ones are gone; another profile's (a key shared) too
+                out += [e for e in read_events(conn, ws, chunk) if e[6] in members]
+        finally:
+            if began:
+                conn.execute("COMMIT")
+        return out[:limit]
 
     def links(self, canonical: str) -> list[tuple[str, str, int]]:
         """(collection, id, first seen) of the profile's links, oldest first."""
@@ -177,13 +195,15 @@ class ProfileReader:
     def external_ids(self, canonical: str) -> list[tuple[str, str, int, str, str]]:
         """(type, value, first seen, first message, source) of every identifier, oldest
         first."""
-        rows = self.conn.execute(
-            "SELECT kind, value, first_ms, message_id, source_id FROM identifiers "
-            "INDEXED BY identifiers_by_profile WHERE workspace = ? AND profile = ? "
-            "ORDER BY first_ms, kind, value",
-            (self.workspace, canonical),
-        ).fetchall()
-        return [(k, v, int(ms), m, s) for k, v, ms, m, s in rows]
+        rows = self._held(canonical)
+        rows.sort(key=lambda r: (r[2], r[0], r[1]))
+        return rows
+
+    def _held(self, canonical: str) -> list[tuple[str, str, int, str, str]]:
+        row = self.conn.execute(
+            "SELECT held FROM profiles WHERE workspace = ? AND id = ?", (self.workspace, canonical)
+        ).fetchone()
+        return decode_held(row[0]) if row is not None else []
 
     def metadata(self, canonical: str) -> dict[str, Any] | None:
         """Created and updated times, first and last messages (None: no such profile)."""
@@ -194,21 +214,14 @@ class ProfileReader:
         if row is None:
             return None
         members = self.members(canonical)
-        first = self.conn.execute(  # the message that brought its first identifier
-            "SELECT first_ms, message_id FROM identifiers INDEXED BY identifiers_by_profile "
-            "WHERE workspace = ? AND profile = ? ORDER BY first_ms LIMIT 1",
-            (self.workspace, canonical),
-        ).fetchone()
-        last = self.conn.execute(
-            "SELECT at_ms, message_id FROM profile_events "  # noqa: S608 - placeholders only
-            f"WHERE workspace = ? AND profile IN ({self._in(members)}) "
-            "ORDER BY at_ms DESC, seq DESC LIMIT 1",  # received last, not processed last
-            (self.workspace, *members),
-        ).fetchone()
+        held = self._held(canonical)  # the message that brought its first identifier
+        first = min(((ms, m) for _k, _v, ms, m, _s in held), default=None)
+        recent = self._events(canonical, LAST_MESSAGE_AMONG)  # received last, not processed last
+        last = max(((at, seq, mid) for seq, at, mid, *_r in recent), default=None)
         return {
             "created_ms": int(row[0]),
             "updated_ms": int(last[0]) if last else int(row[0]),
             "first_message": {"id": first[1], "at_ms": int(first[0])} if first else None,
-            "last_message": {"id": last[1], "at_ms": int(last[0])} if last else None,
+            "last_message": {"id": last[2], "at_ms": int(last[0])} if last else None,
             "merged_profiles": [m for m in members if m != canonical],
         }

@@ -10,6 +10,7 @@ whole and ignoring case, plus regular expressions.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from headwater.config import IdentityConfig, parse_duration
@@ -84,6 +85,15 @@ class IdentitySettings:
     custom: TypeRules | None = None
     max_merges: int = 100
     max_identifiers: int = 1000
+
+    def blocks_any(self, idents: Iterable[tuple[str, str]]) -> bool:
+        """Whether any of `idents` (type, value) is blocked."""
+        types = self.types
+        for kind, value in idents:
+            rules = types.get(kind) or self.custom
+            if rules is not None and rules.blocks(value):
+                return True
+        return False
 
     def rules(self, kind: str) -> TypeRules:
         found = self.types.get(kind)

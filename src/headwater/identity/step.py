@@ -11,7 +11,10 @@ events): they tell nothing new about anyone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
 
 import msgspec
 
@@ -49,10 +52,29 @@ class IdentityStep:
         self.active = True  # False: no workspace resolves identities (nothing to look at)
 
     def __call__(self, items: list[Item]) -> None:
-        if not self.active or self.resolver is None:
+        for written in self._resolve(items):
+            written.result()
+
+    async def run(self, items: list[Item]) -> None:
+        """`__call__`, letting the stage go on with another unit while this one's writes are
+        committed (the embedded store writes in a thread), or resolving in a thread when the
+        store waits on the network (Redis)."""
+        resolver = self.resolver
+        if not self.active or resolver is None:
             return
+        if not resolver.stages:
+            await asyncio.to_thread(self, items)
+            return
+        for written in self._resolve(items):
+            await asyncio.wrap_future(written)
+
+    def _resolve(self, items: list[Item]) -> list[Future[Any]]:
+        """Resolve `items`, stamp them; the futures of their writes."""
+        if not self.active or self.resolver is None:
+            return []
         resolver = self.resolver
         by_workspace: dict[str, list[Found]] = {}
+        pending: list[Future[Any]] = []
         requests: dict[bytes | None, tuple[int, str | None]] = {}  # stamp -> time, path type
         now = now_ms()
         for item in items:
@@ -102,7 +124,14 @@ class IdentityStep:
                     )
                 return out
 
-            resolver.resolve_unit(workspace, [m for _i, m, _f, _k in found], changes)
+            messages = [m for _i, m, _f, _k in found]
+            if resolver.stages:
+                _results, written = resolver.stage_unit(workspace, messages, changes)
+                if written is not None:
+                    pending.append(written)
+            else:
+                resolver.resolve_unit(workspace, messages, changes)
+        return pending
 
 
 def _request(stamp: bytes | None, now: int) -> tuple[int, str | None]:
