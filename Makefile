@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DATA ?= .headwater
 CONFIG ?= examples/headwater.yaml
 
-.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-processing bench-identity bench-setup clean
+.PHONY: run test lint types unit bench bench-pipeline bench-dedupe bench-processing bench-identity bench-delivery bench-setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ bench-dedupe: $(VENV)/.dev
 bench-identity: $(VENV)/.dev
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/identity.py
+
+## bench-delivery: webhook throughput of one router, isolation from a failing destination, e2e p99
+bench-delivery: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/delivery.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -212,12 +212,7 @@ def bench_processor(
     finally:
         with signals_ignored():
             proc.stop()
-    run.seconds = progress.done_s
-    run.first_commit_s = progress.first_commit_s
-    if progress.first_commit_s is not None and progress.committed_at_first is not None:
-        run.events_at_first_commit = round(
-            args.events * sum(progress.committed_at_first.values()) / max(1, sum(ends))
-        )
+    run.record(progress, ends)
     run.outcomes = processed_counts(paths.metrics_dir, STAGE)
     if progress.done_s is None:
         why = "exited" if proc.proc.returncode not in (None, 0, -15) else "timed out"

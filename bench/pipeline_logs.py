@@ -9,7 +9,8 @@
 - `preload`: writes N of them to an `ingest` log through the Log API (`append`), as record
   batches of `batch_events` records per partition, so that the load is not what the processor
   benchmark measures.
-- `wait_consumed`: polls a group's committed offsets until they reach the log's end offsets.
+- `wait_consumed`: polls a group's committed offsets on a log (`ingest` unless told) until they
+  reach its end offsets.
 - `in_process_rate`: the processor's own work (decode batch, key, re-encode runs) in a loop,
   without any log I/O: the ceiling the processor process is compared with.
 """
@@ -184,13 +185,14 @@ RECEIVED = datetime(2026, 1, 15, 10, 0, 5, 250_000, tzinfo=UTC)
 RUN_EVENTS = 12  # what one 100-event request leaves in each of 8 partitions: one stamped run
 
 
-def _templates() -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Messages as clients send them, split around their messageId value (before, after),
-    and the stamp of the request they came in (its `sentAt`, address, receive time)."""
+def message_templates(first_seed: int) -> tuple[list[tuple[bytes, bytes]], str]:
+    """`TEMPLATE_BATCHES` x 100 track messages as analytics-python sends them (the batch bodies
+    of `payloads.py` from seed `first_seed` on), split around their messageId value (before,
+    after), and the batches' `sentAt`."""
     out = []
-    sent_at = None
-    for seed in range(TEMPLATE_BATCHES):
-        body = json.loads(batch_body(seed=100 + seed))
+    sent_at = ""
+    for seed in range(first_seed, first_seed + TEMPLATE_BATCHES):
+        body = json.loads(batch_body(seed=seed))
         sent_at = body["sentAt"]
         for msg in body["batch"]:
             raw = json.dumps(msg, separators=(",", ":")).encode()
@@ -199,6 +201,13 @@ def _templates() -> tuple[list[tuple[bytes, bytes]], bytes]:
             if not found:
                 raise RuntimeError("a template message has no messageId")
             out.append((before + b'"messageId":"', b'"' + after))
+    return out, sent_at
+
+
+def _templates() -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Messages as clients send them, split around their messageId value (before, after),
+    and the stamp of the request they came in (its `sentAt`, address, receive time)."""
+    out, sent_at = message_templates(100)
     return out, encode_stamp(Stamp(RECEIVED, sent_at, "127.0.0.1"))
 
 
@@ -283,18 +292,19 @@ async def wait_consumed(
     timeout: float,
     alive: Callable[[], bool],
     poll_s: float,
+    log: str = "ingest",
 ) -> Progress:
-    """Poll `group`'s committed offsets on `ingest` until they reach the end offsets.
+    """Poll `group`'s committed offsets on `log` until they reach the end offsets.
 
     Times are seconds since `started` (a `time.perf_counter()` value). Stops early, with
     `done_s` None, when `alive()` turns false or `timeout` passes.
     """
     progress = Progress()
-    async with open_logs(config, paths, ("ingest",), create=False) as logs:
-        ingest = logs["ingest"]
-        ends = await ingest.end_offsets()
+    async with open_logs(config, paths, (log,), create=False) as logs:
+        consumed = logs[log]
+        ends = await consumed.end_offsets()
         while time.perf_counter() - started < timeout and alive():
-            committed = await ingest.committed(group)
+            committed = await consumed.committed(group)
             now = time.perf_counter() - started
             progress.polls += 1
             progress.committed = committed

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 from gateway import WARMUP_S, Bar, tool_version
 from loadgen import WrkResult
 from payloads import BATCH_SIZE
-from pipeline_logs import Namespace
+from pipeline_logs import Namespace, Progress
 from servers import ROOT
 
 PARTITIONS = 8
@@ -77,17 +77,15 @@ class GatewayRun:
 
 
 @dataclass
-class ProcessorRun:
-    """One measurement of (b): N preloaded events through one processor (or the loop)."""
+class ConsumerRun:
+    """N preloaded events through one consumer (a processor, a router, or a loop in this
+    process), timed from its start until its group has committed the log's end offsets."""
 
     label: str
     events: int
     seconds: float | None  # None: it did not finish
     first_commit_s: float | None = None
     events_at_first_commit: int = 0
-    preload_s: float = 0.0
-    stored_batches: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
     problem: str = ""
 
     @property
@@ -101,6 +99,42 @@ class ProcessorRun:
             return None
         span = self.seconds - self.first_commit_s
         return (self.events - self.events_at_first_commit) / span if span > 0 else None
+
+    def record(self, progress: Progress, ends: list[int]) -> None:
+        """Take the times of `progress` (of `wait_consumed` on a log with end offsets `ends`)."""
+        self.seconds = progress.done_s
+        self.first_commit_s = progress.first_commit_s
+        if progress.first_commit_s is not None and progress.committed_at_first is not None:
+            done = sum(progress.committed_at_first.values())
+            self.events_at_first_commit = round(self.events * done / max(1, sum(ends)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "events_per_s": self.events_per_s,
+            "steady_events_per_s": self.steady_events_per_s,
+        }
+
+
+def rate_bar(name: str, run: ConsumerRun, minimum: float) -> Bar:
+    """The bar "`name` >= `minimum` events/s" (a run with a problem fails it); its note is the
+    problem's first line, or the rate after the first commit."""
+    steady = run.steady_events_per_s
+    return Bar(
+        f"{name} >= {minimum:,.0f} events/s",
+        f"{run.events_per_s:,.0f}",
+        not run.problem and run.events_per_s >= minimum,
+        run.problem.split("\n")[0] or (f"{steady:,.0f} after the first commit" if steady else ""),
+    )
+
+
+@dataclass
+class ProcessorRun(ConsumerRun):
+    """One measurement of (b): N preloaded events through one processor (or the loop)."""
+
+    preload_s: float = 0.0
+    stored_batches: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -159,16 +193,7 @@ def judge(
             )
         )
     if p_emb:
-        steady = p_emb.steady_events_per_s
-        bars.append(
-            Bar(
-                f"1 processor, embedded >= {MIN_PROCESSOR_EVENTS_PER_S:,.0f} events/s",
-                f"{p_emb.events_per_s:,.0f}",
-                not p_emb.problem and p_emb.events_per_s >= MIN_PROCESSOR_EVENTS_PER_S,
-                p_emb.problem.split("\n")[0]
-                or (f"{steady:,.0f} after the first commit" if steady else ""),
-            )
-        )
+        bars.append(rate_bar("1 processor, embedded", p_emb, MIN_PROCESSOR_EVENTS_PER_S))
     return ratios, bars
 
 

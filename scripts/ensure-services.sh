@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Make sure the servers the test suite talks to answer on 127.0.0.1, starting any that do not.
 # The suite needs NATS with JetStream and Redis (the distributed backends' tests run against the
-# real servers); later stages add PostgreSQL. HEADWATER_TEST_SERVICES overrides the list.
+# real servers) and PostgreSQL (delivery state). HEADWATER_TEST_SERVICES overrides the list.
 set -euo pipefail
 
-SERVICES=(${HEADWATER_TEST_SERVICES-nats redis})
+SERVICES=(${HEADWATER_TEST_SERVICES-nats redis postgres})
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

@@ -97,22 +97,44 @@ class IdentityTypeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True
 class IdentityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Identity resolution settings of a workspace, by identifier type."""
 
-    enabled: bool = False  # embedded processors only, for now (`state.backend: embedded`)
+    enabled: bool = False
     types: dict[str, IdentityTypeConfig] = {}
     max_merges: int = 100  # merges a profile may take part in
     max_identifiers: int = 1000  # identifiers a profile may hold
     recent_events: int | float | str = "14d"  # how long a profile keeps its events
 
 
+class FilterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Which events a destination gets: every filter that is set must let an event through."""
+
+    types: list[str] | None = None  # call types (track, identify, page, screen, group, alias)
+    events: list[str] | None = None  # names of track events
+    where: str | None = None  # a condition on the message, e.g. `properties.total > 100`
+
+
+class DestinationConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A destination: where the events of some sources of the workspace go, and how."""
+
+    name: str  # also the key of a message's `integrations` object (case-sensitive)
+    type: str  # webhook, segment, ...
+    sources: list[str] = []  # names of the workspace's sources ([]: every source)
+    settings: dict[str, Any] = {}
+    filters: FilterConfig = FilterConfig()
+    enabled: bool = True
+    retry_period: int | float | str = "4h"  # then an event that still fails is a dead letter
+    ordered: bool | None = None  # one profile's events in order (None: as the type says)
+
+
 class WorkspaceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A workspace, its tracking plans and its sources, its identity settings, and the access
-    tokens of its Profile API (the space id is the workspace's name)."""
+    """A workspace, its tracking plans and its sources, its identity settings, the access
+    tokens of its Profile API (the space id is the workspace's name), and its destinations."""
 
     name: str
     sources: list[SourceConfig] = []
     tracking_plans: list[TrackingPlanConfig] = []
     identity: IdentityConfig | None = None  # None: as the admin API set it (else the defaults)
     access_tokens: list[str] = []
+    destinations: list[DestinationConfig] = []
 
 
 class RetentionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -164,6 +186,17 @@ class AccountingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retention: int | float | str = "90d"
 
 
+class DeliveryConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where routers keep retry jobs and dead letters: SQLite under `--data`, or PostgreSQL
+    (shared by every router of a fleet)."""
+
+    backend: Literal["embedded", "postgres"] = "embedded"
+    url: str = "postgresql://127.0.0.1:5432/headwater"
+    schema: str = "headwater"
+    retry_base: int | float | str = "10s"  # the first retry's wait, doubling after each
+    retry_max: int | float | str = "30m"  # the longest wait between two retries
+
+
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The Tracking API."""
 
@@ -181,6 +214,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     dedupe: DedupeConfig = DedupeConfig()
     state: StateConfig = StateConfig()
     accounting: AccountingConfig = AccountingConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     workspaces: list[WorkspaceConfig] = []
 
 
@@ -225,10 +259,14 @@ def _check(config: Config) -> None:
         config.dedupe.window,
         config.accounting.minute_retention,
         config.accounting.retention,
+        config.delivery.retry_base,
+        config.delivery.retry_max,
     ):
         parse_duration(duration)
     if not 1 <= log.replicas <= 5:
         raise ValueError("log.replicas must be between 1 and 5")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", config.delivery.schema):
+        raise ValueError("delivery.schema must be a PostgreSQL identifier (letters, digits, _)")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", log.prefix):
         raise ValueError("log.prefix must be 1 to 32 letters, digits, '_' or '-'")
     if not 2.0 <= parse_duration(log.lease_ttl) <= 300.0:
@@ -267,6 +305,33 @@ def _check(config: Config) -> None:
                 if key in seen_keys:
                     raise ValueError(f"write key {key!r} is declared for more than one source")
                 seen_keys.add(key)
+        check_destinations(ws)
+
+
+def check_destinations(ws: WorkspaceConfig) -> None:
+    """Names unique, sources declared, the type known, its settings and filters usable."""
+    if not ws.destinations:
+        return
+    from headwater.delivery.destinations.base import check_destination
+    from headwater.delivery.filters import compile_filter
+
+    sources = {s.name for s in ws.sources}
+    seen: set[str] = set()
+    for d in ws.destinations:
+        where = f"destination {d.name!r} of workspace {ws.name!r}"
+        if d.name in seen:
+            raise ValueError(f"{where} is declared twice")
+        seen.add(d.name)
+        for source in d.sources:
+            if source not in sources:
+                raise ValueError(f"{where} listens to source {source!r}, which is not declared")
+        if parse_duration(d.retry_period) <= 0:
+            raise ValueError(f"{where}: retry_period must be positive")
+        try:
+            check_destination(d.type, d.settings)
+            compile_filter(d.name, d.filters)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def _no_remote_ref(uri: str) -> Any:

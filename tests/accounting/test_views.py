@@ -19,12 +19,17 @@ from tests.support.redis import redis_prefix
 RETENTION = Retention(minute_ms=48 * HOUR_MS, hour_ms=90 * DAY_MS)
 SOURCE = {"id": "src_web", "workspace": "acme", "name": "web"}
 OTHER = {"id": "src_app", "workspace": "acme", "name": "app"}
+DESTINATION_GROUPS = ("filtered_at_destination", "pending_retry", "failed_delivery", "delivered")
 SUMMARY_GROUPS = {
     "successfully_received",
     "failed_on_ingest",
     "filtered_at_source",
     "stored",
     "failed_processing",
+    "filtered_at_destination",
+    "pending_retry",
+    "failed_delivery",
+    "delivered",
 }
 
 
@@ -111,6 +116,7 @@ def test_the_summary_groups_outcomes_as_the_delivery_overview(
         "filtered_at_source": 7,
         "stored": 5,
         "failed_processing": 6,
+        **dict.fromkeys(DESTINATION_GROUPS, 0),
     }
 
 
@@ -484,3 +490,28 @@ def test_samples_older_than_the_window_are_left_out(store: SqliteAccountingStore
 def test_an_unknown_window_raises_a_view_error(store: SqliteAccountingStore, window: str) -> None:
     with pytest.raises(views.ViewError, match="window"):
         views.violations(store, SOURCE, window=window, clock_ms=NOW)
+
+
+def test_destination_outcomes_add_up_per_destination_and_in_the_summary(
+    store: SqliteAccountingStore,
+) -> None:
+    at = NOW - 5 * MINUTE_MS
+    count(store, at, "destination:Hook", "delivered", n=7)
+    count(store, at, "destination:Hook", "filtered", "integrations_disabled", n=2)
+    count(store, at, "destination:Hook", "awaiting_retry", "http_503", n=3)
+    count(store, at, "destination:Hook", "expired", "http_503", n=1)
+    count(store, at, "destination:Mirror", "discarded", "http_400", n=4)
+    count(store, at, "destination:Mirror", "delivered", n=5)
+
+    result = views.overview(store, SOURCE, clock_ms=NOW)
+
+    assert {k: result["summary"][k] for k in DESTINATION_GROUPS} == {
+        "filtered_at_destination": 2,
+        "pending_retry": 3,
+        "failed_delivery": 5,
+        "delivered": 12,
+    }
+    assert result["destinations"] == {
+        "Hook": {"delivered": 7, "filtered": 2, "awaiting_retry": 3, "expired": 1},
+        "Mirror": {"discarded": 4, "delivered": 5},
+    }

@@ -346,6 +346,10 @@ def test_a_new_source_has_an_empty_overview_and_no_violations(server: HeadwaterS
         "filtered_at_source": 0,
         "failed_processing": 0,
         "stored": 0,
+        "filtered_at_destination": 0,
+        "pending_retry": 0,
+        "failed_delivery": 0,
+        "delivered": 0,
     }
     assert (found["totals"], found["series"]) == ([], [])
     for granularity in ("minute", "hour", "day"):
@@ -445,6 +449,10 @@ def test_a_plan_connected_through_the_api_blocks_unplanned_events(server: Headwa
         "filtered_at_source": 1,
         "failed_processing": 0,
         "stored": 1,
+        "filtered_at_destination": 0,  # no destination
+        "pending_retry": 0,
+        "failed_delivery": 0,
+        "delivered": 0,
     }
     overview = ok(admin(server, "GET", f"/sources/{ws}%2Fweb/overview"))
     totals = {(t["stage"], t["outcome"], t["reason"]): t["count"] for t in overview["totals"]}

@@ -14,11 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import redis
+from nats.aio.client import Client as NATS
 
 from headwater.accounting.redis_store import RedisAccountingStore
 from headwater.accounting.store import Retention
 from headwater.accounting.tally import DAY_MS, HOUR_MS
-from headwater.config import load_config
+from headwater.config import Config, load_config
 from headwater.control.declarative import apply_config
 from headwater.control.store import ControlStore, stable_id
 from headwater.log.jetstream import JetStreamSettings
@@ -56,28 +57,38 @@ def msg(mid: str, event: str = "Planned") -> bytes:
     ).encode()
 
 
+def two_roots(tmp_path: Path, config: Config) -> list[Path]:
+    """Data directories of two processors, each with the file's control plane applied (what
+    `headwater processor` does at start)."""
+    roots = [tmp_path / "p1", tmp_path / "p2"]
+    for root in roots:
+        store = ControlStore(root / "control.db")
+        apply_config(store, config)
+        store.close()
+    return roots
+
+
+async def wait_both_own(nc: NATS, log_prefix: str) -> None:
+    """Until the two processors own the partitions between them."""
+
+    async def both_own() -> bool:
+        owners = await read_leases(nc.jetstream(), Names(log_prefix).leases_bucket, STAGE)
+        return len(owners) == PARTITIONS and len(set(owners.values())) == 2
+
+    await wait_for(both_own, timeout=20)
+
+
 def test_two_processors_share_claims_and_accounting_in_redis(tmp_path: Path) -> None:
     async def main(client: redis.Redis, state_prefix: str, log_prefix: str) -> None:
         path = tmp_path / "headwater.yaml"
         path.write_text(config_text(log_prefix, state_prefix))
         config = load_config(path)
         settings = JetStreamSettings.from_config(config)
-        roots = [tmp_path / "p1", tmp_path / "p2"]
-        for root in roots:  # what `headwater processor` does with its file at start
-            store = ControlStore(root / "control.db")
-            apply_config(store, config)
-            store.close()
+        roots = two_roots(tmp_path, config)
         async with logs(settings) as (nc, ingest, events):
             procs = [Processor(config, root, f"m{i}") for i, root in enumerate(roots)]
             try:  # inputs are written once both own partitions
-
-                async def both_own() -> bool:
-                    owners = await read_leases(
-                        nc.jetstream(), Names(log_prefix).leases_bucket, STAGE
-                    )
-                    return len(owners) == PARTITIONS and len(set(owners.values())) == 2
-
-                await wait_for(both_own, timeout=20)
+                await wait_both_own(nc, log_prefix)
                 written: Counter[str] = Counter()
                 planned: set[str] = set()
                 for p in range(PARTITIONS):

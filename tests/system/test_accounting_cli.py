@@ -141,6 +141,10 @@ def test_overview_json(data: Path) -> None:
         "filtered_at_source": 2,
         "failed_processing": 0,
         "stored": 3,
+        "filtered_at_destination": 0,
+        "pending_retry": 0,
+        "failed_delivery": 0,
+        "delivered": 0,
     }
     totals = {(t["stage"], t["outcome"], t["reason"]): t["count"] for t in found["totals"]}
     assert totals == {

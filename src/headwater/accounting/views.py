@@ -27,6 +27,21 @@ SUMMARY = {
     ("processor", "failed"): "failed_processing",
     ("processor", "processed"): "stored",
 }
+DESTINATION_STAGE = "destination:"  # a destination's stage: "destination:<name>"
+# how a destination's outcomes add up (an event awaiting retry later ends in one of the others)
+DESTINATION_SUMMARY = {
+    "filtered": "filtered_at_destination",
+    "awaiting_retry": "pending_retry",
+    "discarded": "failed_delivery",
+    "expired": "failed_delivery",
+    "delivered": "delivered",
+}
+
+
+def _summary_group(stage: str, outcome: str) -> str | None:
+    if stage.startswith(DESTINATION_STAGE):
+        return DESTINATION_SUMMARY.get(outcome)
+    return SUMMARY.get((stage, outcome))
 
 
 class ViewError(ValueError):
@@ -84,18 +99,23 @@ def overview(
         key = (row.bucket_ms - row.bucket_ms % step, row.stage, row.outcome, row.reason)
         series[key] = series.get(key, 0) + row.count
     totals: dict[tuple[str, str, str], int] = {}
-    summary = dict.fromkeys(dict.fromkeys(SUMMARY.values()), 0)
+    summary = dict.fromkeys([*SUMMARY.values(), *DESTINATION_SUMMARY.values()], 0)
+    destinations: dict[str, dict[str, int]] = {}
     for (_b, stage, outcome, reason), n in series.items():
         totals[(stage, outcome, reason)] = totals.get((stage, outcome, reason), 0) + n
-        group = SUMMARY.get((stage, outcome))
+        group = _summary_group(stage, outcome)
         if group is not None:
             summary[group] += n
+        if stage.startswith(DESTINATION_STAGE):
+            counts = destinations.setdefault(stage[len(DESTINATION_STAGE) :], {})
+            counts[outcome] = counts.get(outcome, 0) + n
     return {
         "source": source,
         "from": iso(from_ms),
         "to": iso(to_ms),
         "granularity": granularity,
         "summary": summary,
+        "destinations": dict(sorted(destinations.items())),
         "totals": [
             {"stage": s, "outcome": o, "reason": r, "count": n}
             for (s, o, r), n in sorted(totals.items())

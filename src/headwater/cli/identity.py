@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,15 +15,13 @@ from headwater.cli.common import data_options
 from headwater.config import Config
 from headwater.control.identity import IdentityCatalog
 from headwater.control.store import ControlStore
-from headwater.identity.api import WHAT, ProfileApi, ProfileError, store_lookup
+from headwater.identity.api import WHAT, ProfileApi, ProfileError, open_lookup
 from headwater.identity.resolver import rebuild as rebuild_graph
 from headwater.identity.settings import IdentitySettings, identity_settings
-from headwater.identity.sqlite_store import SqliteIdentityStore
+from headwater.identity.stores import discard, open_store, store_exists
 from headwater.paths import DataPaths
 
-
-def _identity_db(paths: DataPaths) -> Path:
-    return paths.root / "state" / "identity.db"
+REBUILT = "identity-rebuilt"  # the scratch graph a rebuild makes, then deletes
 
 
 @click.command()
@@ -48,10 +45,9 @@ def profile(
         if len(names) != 1:
             raise click.ClickException("name the workspace with --space")
         space = names[0]
-    db = _identity_db(paths)
-    if not db.exists():
+    if not store_exists(config, paths):
         raise click.ClickException(f"no profiles in {paths.root} (is identity.enabled on?)")
-    api = ProfileApi(store_lookup(db), {})
+    api = ProfileApi(open_lookup(config, paths), {})
     lookup = api.lookup
     try:
         found = api.find(space, ref)
@@ -118,13 +114,11 @@ def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
     """Make the identity graph again from its journal, in the order it was resolved, and say
     whether it comes out the same, with the settings Headwater would start with (those the
     file declares, else the admin API's); exits 1 if not."""
-    db = _identity_db(paths)
-    if not db.exists():
+    if not store_exists(config, paths):
         raise click.ClickException(f"no identity graph in {paths.root}")
-    target_path = db.with_name("identity.rebuilt.db")
-    target_path.unlink(missing_ok=True)
-    source = SqliteIdentityStore(db, readonly=True)  # the processor may be writing it
-    target = SqliteIdentityStore(target_path)
+    discard(config, paths, REBUILT)
+    source = open_store(config, paths, readonly=True)  # the processor may be writing it
+    target = open_store(config, paths, name=REBUILT)
     settings = _control_settings(paths)
     for ws in config.workspaces:  # what the file declares wins, as it does when Headwater starts
         if ws.identity is not None:
@@ -149,8 +143,6 @@ def rebuild(config: Config, config_path: str | None, paths: DataPaths) -> None:
         click.echo(f"the rebuilt graph differs in: {', '.join(differences)}")
     else:
         click.echo("the rebuilt graph is the same as the current one")
-    target_path.unlink(missing_ok=True)
-    for suffix in ("-wal", "-shm"):
-        Path(f"{target_path}{suffix}").unlink(missing_ok=True)
+    discard(config, paths, REBUILT)
     if differences:
         raise SystemExit(1)

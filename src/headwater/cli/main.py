@@ -9,6 +9,8 @@ import click
 from headwater import __version__
 from headwater.cli.accounting import overview, violations
 from headwater.cli.common import F, data_options
+from headwater.cli.delivery import deadletter, router
+from headwater.cli.destinations import destinations
 from headwater.cli.identity import identity, profile
 from headwater.cli.roles import processor
 from headwater.cli.sources import sources
@@ -56,7 +58,8 @@ def up(
     port: int,
     workers: int | None,
 ) -> None:
-    """Run every role on one machine: the Tracking API, the log and the processor."""
+    """Run every role on one machine: the Tracking API, the log, the processor and the
+    router."""
     _serve(config, config_path, paths, host, port, workers, with_processor=True)
 
 
@@ -113,11 +116,20 @@ def _serve(
             args += ["--config", config_path]
         processor = ChildProcess("processor", args)
         processor.start()
+    delivering = None
+    if with_processor:  # idle until a destination is declared (file or admin API)
+        args = ["router", "--data", str(paths.root)]
+        if config_path is not None:
+            args += ["--config", config_path]
+        delivering = ChildProcess("router", args)
+        delivering.start()
     n = workers or os.cpu_count() or 1
     print_banner(config, paths, prepared, host, port, n, config_path)
     try:
         serve_gateway(config, paths, sock, n)
     finally:
+        if delivering is not None:
+            delivering.stop()
         if processor is not None:
             processor.stop()
         if logd is not None:
@@ -126,6 +138,9 @@ def _serve(
 
 cli.add_command(sources)
 cli.add_command(processor)
+cli.add_command(router)
+cli.add_command(deadletter)
+cli.add_command(destinations)
 cli.add_command(status)
 cli.add_command(tail)
 cli.add_command(overview)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
 import click
 
@@ -36,7 +37,26 @@ def processor(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s processor %(message)s")
     tune_gc()
     member = member_id()
-    if parent is None:  # on its own (not under `up`): its control plane follows the file
+    run_role(
+        "processor",
+        config,
+        paths,
+        parent,
+        lambda stop: run_processor(config, paths, stop, member=member),
+    )
+
+
+def run_role(
+    name: str,
+    config: Config,
+    paths: DataPaths,
+    parent: int | None,
+    body: Callable[[asyncio.Event], Awaitable[None]],
+) -> None:
+    """Run a role's `body(stop)` on its own event loop until SIGINT/SIGTERM (or its parent,
+    `headwater up`, is gone) sets `stop`. On its own (no parent) the role first applies the
+    file to its control plane, as `up` does for its children."""
+    if parent is None:
         from headwater.control.declarative import apply_config
         from headwater.control.store import ControlStore
 
@@ -52,7 +72,7 @@ def processor(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         watcher = None if parent is None else loop.create_task(_watch_parent(parent, stop))
-        await run_processor(config, paths, stop, member=member)
+        await body(stop)
         if watcher is not None:
             watcher.cancel()
 
@@ -60,7 +80,7 @@ def processor(
     try:
         loop.run_until_complete(main())
     except OSError as exc:
-        raise click.ClickException(f"the processor cannot start: {exc}") from None
+        raise click.ClickException(f"the {name} cannot start: {exc}") from None
     finally:
         loop.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headwater.config import Config
+from headwater.control.destinations import DestinationCatalog
 from headwater.control.identity import IdentityCatalog
 from headwater.control.plans import PlanCatalog
 from headwater.control.store import MANAGED_BY_CONFIG, ControlError, ControlStore, Source
@@ -53,4 +54,5 @@ def apply_config(store: ControlStore, config: Config) -> AppliedConfig:
         store.set_source_enabled(stale, False)
     PlanCatalog(store).apply_config(config)
     IdentityCatalog(store).apply_config(config)
+    DestinationCatalog(store).apply_config(config)
     return AppliedConfig(applied)

@@ -12,6 +12,11 @@ from redis import RedisError
 from headwater.accounting import AccountingStore, views
 from headwater.accounting.views import ViewError
 from headwater.config import Enforcement, IdentityConfig
+from headwater.control.destinations import (
+    DestinationCatalog,
+    destination_json,
+    parse_destination,
+)
 from headwater.control.identity import IdentityCatalog
 from headwater.control.plans import PlanCatalog, connection_json, plan_json
 from headwater.control.store import ControlError, ControlStore, Source, Workspace
@@ -79,6 +84,7 @@ class AdminApi:
         self.store = store
         self.plans = PlanCatalog(store)
         self.identity = IdentityCatalog(store)
+        self.destinations = DestinationCatalog(store)
         self.accounting = accounting
 
     def authorize(self, header: str | None) -> None:
@@ -98,6 +104,9 @@ class AdminApi:
         elif len(parts) >= 3 and parts[0] == "sources" and not parts[1].startswith("src_"):
             # /sources/<ws>%2F<name>/... arrives decoded as /sources/<ws>/<name>/...
             parts = ["sources", f"{parts[1]}/{parts[2]}", *parts[3:]]
+        elif len(parts) >= 3 and parts[0] == "destinations" and not parts[1].startswith("dst_"):
+            # /destinations/<ws>%2F<name> arrives decoded as /destinations/<ws>/<name>
+            parts = ["destinations", f"{parts[1]}/{parts[2]}", *parts[3:]]
         try:
             status, result = self._route(
                 method, parts, parse_qs(query, keep_blank_values=True), body
@@ -186,6 +195,20 @@ class AdminApi:
             case ("DELETE", ["workspaces", ws, "tracking-plans", name]):
                 self.plans.delete(ws, name)
                 return 200, {"deleted": name}
+            case ("GET", ["destinations"]):
+                ws = query.get("workspace", [None])[0]
+                found = self.destinations.all(ws)
+                return 200, {"destinations": [destination_json(d) for d in found]}
+            case ("POST", ["workspaces", ws, "destinations"]):
+                new_dest = parse_destination(msgspec.json.decode(body or b"{}"))
+                return 201, destination_json(self.destinations.create(ws, new_dest))
+            case ("GET", ["destinations", ref]):
+                return 200, destination_json(self.destinations.get(ref))
+            case ("PATCH", ["destinations", ref]):
+                changes = msgspec.json.decode(body or b"{}")
+                return 200, destination_json(self.destinations.update(ref, changes))
+            case ("DELETE", ["destinations", ref]):
+                return 200, {"deleted": self.destinations.delete(ref).id}
             case ("DELETE", ["sources", ref, "write-keys", key]):
                 src = store.source(ref)
                 if key not in {k.key for k in src.write_keys}:

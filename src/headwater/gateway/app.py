@@ -40,7 +40,7 @@ from headwater.gateway.tracking import (
     Tracking,
 )
 from headwater.identity.api import PREFIX as PROFILE_PREFIX
-from headwater.identity.api import ProfileApi, access_tokens, store_lookup
+from headwater.identity.api import ProfileApi, access_tokens, open_lookup
 from headwater.log.embedded import EmbeddedLogReader, LogClient
 
 if TYPE_CHECKING:
@@ -77,9 +77,7 @@ class GatewayApp:
         self.keys = KeyCache(self.store)
         self.accounting = open_accounting(config, paths)
         self.admin = AdminApi(self.store, self.accounting)
-        self.profiles = ProfileApi(
-            store_lookup(paths.root / "state" / "identity.db"), access_tokens(config.workspaces)
-        )
+        self.profiles = ProfileApi(open_lookup(config, paths), access_tokens(config.workspaces))
         self.writer = _writer(config, paths)
         self.reader: EmbeddedLogReader | None = None
         self.tracking = Tracking(

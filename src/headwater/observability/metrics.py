@@ -25,6 +25,11 @@ from prometheus_client.core import (
 from headwater.accounting.tally import FAILED, INGEST, Tally, now_ms
 
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# end-to-end delivery latency: received at the gateway -> accepted by the destination
+DELIVERY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+    3600.0, 14400.0,
+)  # fmt: skip
 
 
 class Snapshot(msgspec.Struct):
@@ -38,6 +43,8 @@ class Snapshot(msgspec.Struct):
     ack_buckets: list[int] = []
     ack_sum: float = 0.0
     stage: list[tuple[str, str, str, str, int]] = []  # stage, source, outcome, reason, count
+    # destination, events per DELIVERY_BUCKETS bucket (received -> accepted), sum of seconds
+    delivery: list[tuple[str, list[int], float]] = []
 
 
 def write_snapshot(directory: Path, snapshot: Snapshot) -> None:
@@ -124,7 +131,8 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     stage: dict[tuple[str, str, str, str], int] = {}
     buckets = [0] * (len(ACK_BUCKETS) + 1)
     total = Snapshot(ack_buckets=buckets)
-    for snap in snapshots:
+    snapshots_seen = list(snapshots)
+    for snap in snapshots_seen:
         for r, s, n in snap.requests:
             requests[(r, s)] = requests.get((r, s), 0) + n
         for src, n in snap.accepted:
@@ -145,7 +153,35 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
     total.dropped = [(s, r, n) for (s, r), n in sorted(dropped.items())]
     total.rejected = sorted(rejected.items())
     total.stage = [(*key, n) for key, n in sorted(stage.items())]
+    total.delivery = _merged_latency(snap.delivery for snap in snapshots_seen)
     return total
+
+
+def _merged_latency(
+    parts: Iterable[list[tuple[str, list[int], float]]],
+) -> list[tuple[str, list[int], float]]:
+    merged: dict[str, tuple[list[int], float]] = {}
+    for part in parts:
+        for name, counts, seconds in part:
+            mine, total = merged.get(name, ([0] * (len(DELIVERY_BUCKETS) + 1), 0.0))
+            for i, n in enumerate(counts[: len(mine)]):
+                mine[i] += n
+            merged[name] = (mine, total + seconds)
+    return [(name, counts, total) for name, (counts, total) in sorted(merged.items())]
+
+
+def quantile(counts: list[int], q: float, bounds: tuple[float, ...] = DELIVERY_BUCKETS) -> float:
+    """The `q` quantile (0..1) of a histogram: the upper bound of the bucket it falls in
+    (`inf` past the last bound; 0.0 when empty)."""
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    rank, seen = q * total, 0
+    for bound, n in zip((*bounds, float("inf")), counts, strict=False):
+        seen += n
+        if seen >= rank:
+            return bound
+    return float("inf")
 
 
 class LogGauges(msgspec.Struct):
@@ -229,6 +265,18 @@ class _Collector:
         for name, src, outcome, reason, n in snap.stage:
             outcomes.add_metric([name, src, outcome, reason], n)
         yield outcomes
+        latency = HistogramMetricFamily(
+            "headwater_delivery_latency_seconds",
+            "Received at the gateway to accepted by the destination",
+            labels=["destination"],
+        )
+        for name, counts, seconds in snap.delivery:
+            cumulative, per_bound = 0, []
+            for bound, n in zip((*DELIVERY_BUCKETS, float("inf")), counts, strict=False):
+                cumulative += n
+                per_bound.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([name], per_bound, sum_value=seconds)
+        yield latency
         size = GaugeMetricFamily("headwater_log_bytes", "Bytes of log data on disk", labels=["log"])
         end = GaugeMetricFamily(
             "headwater_log_end_offset", "Next offset, summed over partitions", labels=["log"]

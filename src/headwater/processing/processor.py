@@ -26,8 +26,8 @@ from headwater.control.plans import PlanCatalog
 from headwater.control.store import ControlStore
 from headwater.identity.resolver import IdentityResolver
 from headwater.identity.settings import IdentitySettings, identity_settings
-from headwater.identity.sqlite_store import SqliteIdentityStore
 from headwater.identity.step import IdentityStep
+from headwater.identity.stores import open_store
 from headwater.log.base import Log
 from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.retention import enforce_retention
@@ -72,18 +72,11 @@ def open_identity(config: Config, paths: DataPaths, control: ControlStore) -> Id
     settings: dict[str, IdentitySettings] = {}
     workspace_of: dict[str, str] = {}
     step = IdentityStep(None, workspace_of.get)
-    refused = False
 
     def follow() -> None:  # settings changed, sources made later: resolved from now on
-        nonlocal refused
         enabled = {n: c for n, c in catalog.all().items() if c.enabled}
-        if enabled and config.state.backend != "embedded":
-            if not refused:
-                log.warning("identity resolution runs only with state.backend: embedded for now")
-            refused, enabled = True, {}
         if enabled and step.resolver is None:
-            store = SqliteIdentityStore(paths.root / "state" / "identity.db")
-            step.resolver = IdentityResolver(store, settings.__getitem__)
+            step.resolver = IdentityResolver(open_store(config, paths), settings.__getitem__)
         settings.clear()
         settings.update({name: identity_settings(c) for name, c in enabled.items()})
         found = {s.id: s.workspace for s in control.list_sources() if s.workspace in settings}
@@ -92,6 +85,8 @@ def open_identity(config: Config, paths: DataPaths, control: ControlStore) -> Id
         step.retention_ms = {
             name: int(parse_duration(c.recent_events) * 1000) for name, c in enabled.items()
         }
+        if step.resolver is not None and hasattr(step.resolver.store, "retention_ms"):
+            step.resolver.store.retention_ms = dict(step.retention_ms)  # Redis: the keys' TTL
         step.active = bool(enabled)
 
     follow()
@@ -275,20 +270,14 @@ async def _run_jetstream(
     metrics: StageMetrics,
     parts: Parts,
 ) -> None:
-    from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, connect, ensure_log
+    from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, ensure_log
     from headwater.log.jetstream.leases import LeaseManager, lease_bucket
+    from headwater.log.jetstream.streams import connect_until
 
     settings = JetStreamSettings.from_config(config)
-    connecting = asyncio.ensure_future(connect(settings.url, name=f"headwater-processor-{member}"))
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not connecting.done():  # asked to stop while NATS was still out of reach
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await connecting
+    nc = await connect_until(settings.url, f"headwater-processor-{member}", stop)
+    if nc is None:  # asked to stop while NATS was still out of reach
         return
-    nc = connecting.result()
     try:
         js = nc.jetstream(publish_async_max_pending=20_000)
         for name in ("ingest", "events"):

@@ -8,6 +8,7 @@ one record batch (the same MessagePack encoding as the embedded log).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -112,6 +113,25 @@ async def connect(url: str, name: str = "headwater", *, forever: bool = True) ->
         )
     except (NoServersError, TimeoutError, OSError) as exc:
         raise OSError(f"NATS at {url} does not answer ({type(exc).__name__})") from None
+
+
+async def connect_until(url: str, name: str, stop: asyncio.Event) -> NATS | None:
+    """Wait for NATS as `connect` does, unless `stop` is set first: then None.
+
+    nats-py's connect can swallow a cancellation that lands while one attempt times out, so
+    the attempt is cancelled again until it ends; one that connected anyway is closed."""
+    connecting = asyncio.ensure_future(connect(url, name))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not stop.is_set():
+        return connecting.result()
+    while not connecting.done():
+        connecting.cancel()
+        await asyncio.wait({connecting}, timeout=0.5)
+    if not connecting.cancelled() and connecting.exception() is None:
+        await connecting.result().close()
+    return None
 
 
 async def ensure_log(js: JetStreamContext, settings: JetStreamSettings, log: str) -> None:

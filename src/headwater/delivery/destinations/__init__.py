@@ -1,0 +1,1 @@
+"""Destination types: one module each, registered by type name (see `base`)."""

@@ -1,0 +1,343 @@
+"""The router: every destination reads the `events` log on its own and delivers what is meant
+for it, so a slow or failing destination only ever delays itself.
+
+For each (destination, partition) a *lane* consumes `events` as the consumer group
+`router-<destination id>`: it fetches record batches, keeps the events of the destination's
+sources that its filter lets through (the others are counted `filtered` with a reason), and
+tries each once (`attempts.attempt`: requests of `max_batch`, `max_in_flight` at once). Events
+that fail for now are kept as retry jobs in the delivery state; only then does the lane count
+the unit and commit its offset. A crash replays from the last commit: some events reach their
+destination twice, always with the same `messageId` (and `Idempotency-Key`).
+
+For each destination a *retrier* takes the jobs that are due, tries them again, and either
+forgets them (delivered, or refused for good), schedules them again with backoff, or turns them
+into dead letters once their retry period (4 hours by default) is over.
+
+An *ordered* destination gets one profile's events in order: a lane sends one request at a
+time, and an event whose profile has a job waiting joins the queue behind it rather than
+overtaking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+
+from headwater.accounting.store import AccountingStore, Mark
+from headwater.accounting.tally import Tally, now_ms
+from headwater.delivery.attempts import (
+    AWAITING_RETRY,
+    FILTERED,
+    WAITING_FOR_EARLIER,
+    Backoff,
+    add_counts,
+    attempt,
+    count,
+    observe,
+    settle_first,
+)
+from headwater.delivery.metrics import DeliveryMetrics
+from headwater.delivery.model import RETRY, Event, Result
+from headwater.delivery.retrier import Retrier
+from headwater.delivery.routes import Route
+from headwater.delivery.state import DeliveryState, RetryJob
+from headwater.log.base import Log, PartitionConsumer
+from headwater.log.records import RecordBatch
+
+log = logging.getLogger(__name__)
+
+MAX_BATCHES = 64  # record batches fetched at once by a lane
+FETCH_TIMEOUT_S = 0.5
+# A lane commits its position at most this often (and when it is idle): on the embedded log
+# a commit waits for the log's write lock on the event loop, which every lane shares.
+# What a stop leaves uncommitted is delivered again (kept jobs and counts do not repeat).
+COMMIT_EVERY_S = 0.25
+
+
+class _Head(msgspec.Struct):
+    messageId: str = ""
+    receivedAt: str = ""
+    userId: object = None
+    anonymousId: object = None
+    profileId: str | None = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+class Router:
+    """Delivers the `events` log to `routes`, partitions given by `assign`/`revoke_now`."""
+
+    def __init__(
+        self,
+        routes: list[Route],
+        events: Log,
+        state: DeliveryState,
+        accounting: AccountingStore | None = None,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], int] = now_ms,
+        holds: Callable[[int], bool] = lambda _p: True,
+        metrics: DeliveryMetrics | None = None,
+    ) -> None:
+        self.routes = routes
+        self.metrics = metrics or DeliveryMetrics()
+        self.events = events
+        self.state = state
+        self.accounting = accounting
+        self.backoff = backoff or Backoff()
+        self.clock = clock
+        self.holds = holds
+        self._lanes: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._retriers: dict[str, asyncio.Task[None]] = {}
+        self._partitions: set[int] = set()
+        self.errors = 0
+
+    def start(self) -> None:
+        """Start every destination's retrier (lanes start with `assign`)."""
+        for route in self.routes:
+            self._start_retrier(route)
+
+    def _start_retrier(self, route: Route) -> None:
+        retrier = Retrier(
+            route, self.state, self.accounting, self.backoff, self.clock, self.metrics
+        )
+        self._retriers[route.id] = asyncio.get_running_loop().create_task(
+            retrier.run(), name=f"retry-{route.id}"
+        )
+
+    def assign(self, partition: int) -> None:
+        """Deliver `partition` to every destination, from each one's committed offset."""
+        self._partitions.add(partition)
+        for route in self.routes:
+            self._start_lane(route, partition)
+
+    def _start_lane(self, route: Route, partition: int) -> None:
+        key = (route.id, partition)
+        task = self._lanes.get(key)
+        if task is None or task.done():
+            self._lanes[key] = asyncio.get_running_loop().create_task(
+                self._lane_forever(route, partition), name=f"lane-{route.id}-p{partition}"
+            )
+
+    def revoke_now(self, partition: int) -> None:
+        """Stop delivering `partition` (what was not committed is delivered again)."""
+        self._partitions.discard(partition)
+        for route in self.routes:
+            task = self._lanes.pop((route.id, partition), None)
+            if task is not None:
+                task.cancel()
+
+    async def replace_routes(self, routes: list[Route]) -> None:
+        """Deliver to `routes` from now on. Routes made again the same keep running; the
+        others' lanes and retriers stop (the lanes of a changed one start again from its
+        committed offsets, so what was in flight is delivered again)."""
+        kept = {r.id: r for r in self.routes}
+        same = {r.id for r in routes if r.id in kept and kept[r.id].version == r.version}
+        gone = [r for r in self.routes if r.id not in same]
+        await self._stop_routes(gone)
+        self.routes = [kept[r.id] if r.id in same else r for r in routes]
+        for route in self.routes:
+            if route.id not in same:
+                self._start_retrier(route)
+                for p in self._partitions:
+                    self._start_lane(route, p)
+
+    async def stop(self) -> None:
+        """Stop every lane and retrier, then close the destinations."""
+        await self._stop_routes(self.routes)
+
+    async def _stop_routes(self, routes: list[Route]) -> None:
+        ids = {r.id for r in routes}
+        tasks = [t for (rid, _p), t in self._lanes.items() if rid in ids]
+        tasks += [t for rid, t in self._retriers.items() if rid in ids]
+        self._lanes = {k: t for k, t in self._lanes.items() if k[0] not in ids}
+        self._retriers = {k: t for k, t in self._retriers.items() if k not in ids}
+        while tasks:  # cancelled again until they end (see `StageRunner.revoke`)
+            for task in tasks:
+                task.cancel()
+            _done, pending = await asyncio.wait(tasks, timeout=0.1)
+            tasks = list(pending)
+        for route in routes:
+            try:
+                await route.destination.close()
+            except Exception:
+                log.exception("closing destination %s failed", route.spec.name)
+
+    # -- a lane: one destination, one partition ---------------------------------------------
+
+    async def _lane_forever(self, route: Route, partition: int) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await Lane(self, route, partition).run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retryable by design: back off, resume from the commit
+                self.errors += 1
+                log.error(
+                    "destination %s partition %d: %s; resuming from the last commit in %.1fs",
+                    route.spec.name, partition, exc, backoff,
+                )  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+class Lane:
+    """One destination's reading of one partition of `events`."""
+
+    def __init__(self, router: Router, route: Route, partition: int) -> None:
+        self.router = router
+        self.route = route
+        self.partition = partition
+        self.mark: int | None = None  # how far the accounting of this lane reaches
+
+    async def run(self) -> None:
+        router, route = self.router, self.route
+        consumer: PartitionConsumer = router.events.consumer(route.group, self.partition)
+        await consumer.open()
+        me = asyncio.current_task()
+        key = (route.id, self.partition)
+        loop = asyncio.get_running_loop()
+        done: int | None = None  # delivered up to here, not committed yet
+        committed_at = loop.time()
+        try:
+            while router.holds(self.partition) and router._lanes.get(key) is me:
+                batches = await consumer.fetch(MAX_BATCHES, FETCH_TIMEOUT_S)
+                if not batches:
+                    if done is not None:  # idle: nothing is left uncommitted for long
+                        await consumer.commit(done)
+                        done = None
+                    continue
+                await self.deliver(batches)
+                if not router.holds(self.partition) or router._lanes.get(key) is not me:
+                    return  # revoked meanwhile: the next owner delivers from the commit
+                done = batches[-1].end_offset
+                if loop.time() - committed_at >= COMMIT_EVERY_S:
+                    await consumer.commit(done)
+                    done, committed_at = None, loop.time()
+        finally:
+            if done is not None:  # stopped or revoked: what was delivered is done
+                with contextlib.suppress(Exception):
+                    await consumer.commit(done)
+
+    async def deliver(self, batches: list[RecordBatch]) -> None:
+        """Deliver the unit's events once; keep those to retry; count it all."""
+        router, route = self.router, self.route
+        tally = Tally()
+        counted = await self._counted_until(batches)
+        chosen: list[Event] = []
+        replayed: set[str] = set()  # message ids of events counted before a replay
+        for batch in batches:
+            count_it = batch.end_offset > counted
+            received: dict[str, int] = {}
+            for record in batch.records:
+                if record.source_id not in route.sources:
+                    continue  # not one of its sources: not an outcome of this destination
+                event = _event(record.source_id, record.message, received, router.clock)
+                reason = route.filter.check(record.message)
+                if reason is not None:
+                    if count_it:
+                        count(tally, route, event, FILTERED, reason)
+                    continue
+                chosen.append(event)
+                if not count_it:
+                    replayed.add(event.message_id)
+        jobs: list[RetryJob] = []
+        if chosen:
+            if route.ordered:
+                parked, ready, results = await self._in_order(chosen)
+            else:
+                parked, ready, results = [], chosen, await attempt(route, chosen)
+            now = router.clock()
+            uncounted = {i for i, e in enumerate(ready) if e.message_id in replayed}
+            jobs = settle_first(route, ready, results, now, router.backoff, tally, uncounted)
+            observe(router.metrics, route, ready, results, now)
+            for event in parked:
+                jobs.append(RetryJob(route.id, event, 0, now, now, WAITING_FOR_EARLIER))
+                if event.message_id not in replayed:
+                    count(tally, route, event, AWAITING_RETRY, WAITING_FOR_EARLIER)
+        if jobs:
+            await asyncio.to_thread(router.state.add, jobs)
+        await self._account(batches, tally)
+        add_counts(router.metrics, tally)
+
+    async def _in_order(self, events: list[Event]) -> tuple[list[Event], list[Event], list[Result]]:
+        """An ordered destination's events, a request at a time: those whose profile has an
+        earlier event waiting (a job, or one that failed just now) wait behind it; the others
+        are tried. Returns (waiting, tried, their results)."""
+        route = self.route
+        blocked = set(await asyncio.to_thread(self.router.state.waiting_keys, route.id))
+        size = max(1, route.destination.max_batch)
+        parked: list[Event] = []
+        tried: list[Event] = []
+        results: list[Result] = []
+        at = 0
+        while at < len(events):
+            chunk: list[Event] = []
+            while at < len(events) and len(chunk) < size:
+                event = events[at]
+                at += 1
+                (parked if event.order_key in blocked else chunk).append(event)
+            if not chunk:
+                continue
+            got = await attempt(route, chunk)
+            blocked.update(
+                e.order_key for e, r in zip(chunk, got, strict=True) if r.outcome == RETRY
+            )
+            tried += chunk
+            results += got
+        return parked, tried, results
+
+    async def _counted_until(self, batches: list[RecordBatch]) -> int:
+        """The offset this lane's counts reach (batches ending at or before it were counted
+        before a replay)."""
+        store = self.router.accounting
+        if store is None:
+            return -1
+        if self.mark is None:
+            self.mark = await asyncio.to_thread(store.mark, self.route.stage, self.partition)
+        return self.mark
+
+    async def _account(self, batches: list[RecordBatch], tally: Tally) -> None:
+        store = self.router.accounting
+        if store is None:
+            return
+        new = batches[-1].end_offset
+        mark = await self._counted_until(batches)
+        if new <= mark:
+            return
+        moved = Mark(self.route.stage, self.partition, mark, new)
+        if await asyncio.to_thread(store.record, tally, moved):
+            self.mark = new
+        else:
+            self.mark = None  # moved by another router meanwhile: read again next time
+
+
+def _event(
+    source_id: str, message: bytes, received: dict[str, int], clock: Callable[[], int]
+) -> Event:
+    """The `Event` of a stored message (`received`: receivedAt texts already parsed)."""
+    try:
+        head = _decode_head(message)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        head = _Head()
+    at = received.get(head.receivedAt)
+    if at is None:
+        try:
+            at = int(datetime.fromisoformat(head.receivedAt).timestamp() * 1000)
+        except ValueError:
+            at = clock()
+        received[head.receivedAt] = at
+    key = head.profileId or _text(head.userId) or _text(head.anonymousId) or head.messageId
+    return Event(head.messageId, source_id, at, key, message)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)

@@ -1,0 +1,448 @@
+"""The router against real HTTP receivers on loopback: every event delivered once to each
+destination meant for it, filters counted, a failing destination isolated from a healthy one
+and retried until it comes back, retry periods ending in dead letters, and re-driving them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from headwater.accounting.store import Retention, SqliteAccountingStore
+from headwater.accounting.tally import now_ms
+from headwater.config import DestinationConfig, FilterConfig
+from headwater.control.store import stable_id
+from headwater.delivery.attempts import Backoff
+from headwater.delivery.metrics import DeliveryMetrics
+from headwater.delivery.model import Event
+from headwater.delivery.retrier import Retrier
+from headwater.delivery.router import Lane, Router
+from headwater.delivery.routes import Route, make_route
+from headwater.delivery.state import DeliveryState, RetryJob
+from headwater.delivery.states import open_delivery_state
+from headwater.events.stamp import Stamp, encode_stamp
+from headwater.log.embedded.log import EmbeddedLog
+from headwater.log.records import Run, encode_run
+from headwater.observability.metrics import merge, quantile, render
+from tests.delivery.receiver import Receiver, Reply
+from tests.processing._helpers import settings
+
+WS = "acme"
+WEB = stable_id("src", WS, "web")
+APP = stable_id("src", WS, "app")
+FAST = Backoff(base_s=0.05, cap_s=0.2)
+
+
+def message(n: int, **extra: Any) -> bytes:
+    body = {"type": "track", "event": "Order Completed", "messageId": f"m{n}",
+            "userId": f"u{n % 5}", "properties": {"total": n}, **extra}  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def route(name: str, url: str, **conf: Any) -> Route:
+    settings_ = {"url": url, "timeout": conf.pop("timeout", "2s"), **conf.pop("settings", {})}
+    dest = DestinationConfig(name=name, type="webhook", sources=["web"], settings=settings_, **conf)
+    return make_route(WS, dest, lambda _ws: ["web", "app"])
+
+
+class Harness:
+    """An `events` log, delivery state and accounting under `root`, and a router over them."""
+
+    def __init__(self, root: Path, partitions: int = 2) -> None:
+        self.root = root
+        self.events = EmbeddedLog("events", root / "events", settings(partitions))
+        self.state: DeliveryState = open_delivery_state("embedded", path=root / "delivery.db")
+        self.accounting = SqliteAccountingStore(root / "accounting.db", Retention(10**9, 10**10))
+        stamp = datetime.now(UTC)
+        self.stamp = encode_stamp(Stamp(stamp, stamp.isoformat(), "10.0.0.1"))
+        self.metrics = DeliveryMetrics()
+
+    async def write(self, messages: list[bytes], source: str = WEB, partition: int = 0) -> None:
+        run = Run(partition, encode_run(source, self.stamp, messages), len(messages))
+        await self.events.append([run])
+
+    async def deliver_until(
+        self,
+        routes: list[Route],
+        done: Callable[[], bool],
+        timeout: float = 10.0,
+        backoff: Backoff = FAST,
+    ) -> float:
+        """Run a router until `done()`; returns the seconds it took."""
+        router = Router(
+            routes, self.events, self.state, self.accounting, backoff=backoff, metrics=self.metrics
+        )
+        started = time.monotonic()
+        router.start()
+        for p in range(self.events.partitions):
+            router.assign(p)
+        try:
+            while not done():
+                assert time.monotonic() - started < timeout, "the router did not get there in time"
+                await asyncio.sleep(0.02)
+            return time.monotonic() - started
+        finally:
+            await router.stop()
+
+    def outcomes(self, r: Route, source: str = WEB) -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
+        for row in self.accounting.outcomes(source, 0, now_ms() + 60_000, 60_000):
+            if row.stage == r.stage:
+                key = (row.outcome, row.reason)
+                found[key] = found.get(key, 0) + row.count
+        return found
+
+    def close(self) -> None:
+        self.state.close()
+        self.accounting.close()
+
+
+def ids(rx: Receiver) -> list[str]:
+    out = []
+    for r in rx.requests:
+        body = r.json()
+        out += [m["messageId"] for m in (body if isinstance(body, list) else [body])]
+    return out
+
+
+def test_every_event_of_its_sources_reaches_a_healthy_webhook_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 10})
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(30)], partition=0)
+            await h.write([message(n) for n in range(30, 50)], partition=1)
+            await h.write([message(n) for n in range(50, 55)], source=APP)  # not its source
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= 50)
+            await asyncio.sleep(0.2)  # nothing more arrives
+
+        asyncio.run(go())
+        assert sorted(ids(rx)) == sorted(f"m{n}" for n in range(50))
+        first = rx.requests[0].json()[0]
+        assert first["receivedAt"] and first["context"]["ip"] == "10.0.0.1"  # as stored
+    assert h.outcomes(hook) == {("delivered", ""): 50}
+    assert h.state.pending() == {}
+    h.close()
+
+
+def test_filters_and_integrations_are_counted_and_not_sent(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as rx:
+        hook = route("Hook", rx.url, filters=FilterConfig(where="properties.total >= 3"))
+        sent = [
+            message(0),  # filtered by the condition
+            message(5, integrations={"Hook": False}),
+            message(6, integrations={"All": False}),
+            message(7, integrations={"All": False, "Hook": True}),
+            message(8),
+        ]
+
+        async def go() -> None:
+            await h.write(sent)
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= 2)
+            await asyncio.sleep(0.2)
+
+        asyncio.run(go())
+        assert sorted(ids(rx)) == ["m7", "m8"]
+    assert h.outcomes(hook) == {
+        ("delivered", ""): 2,
+        ("filtered", "filtered_condition"): 1,
+        ("filtered", "integrations_disabled"): 2,
+    }
+    h.close()
+
+
+def test_a_failing_destination_does_not_delay_a_healthy_one_and_gets_everything_later(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as good, Receiver(Reply(503)) as bad:
+        healthy = route("Healthy", good.url, settings={"batch_size": 20})
+        failing = route("Failing", bad.url, settings={"batch_size": 20})
+        healthy_s: list[float] = []
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(100)])
+            started = time.monotonic()
+
+            def healthy_done_and_failing_kept() -> bool:
+                if not healthy_s and len(ids(good)) >= 100:
+                    healthy_s.append(time.monotonic() - started)
+                kept = h.outcomes(failing).get(("awaiting_retry", "http_503"), 0)
+                return bool(healthy_s) and kept == 100
+
+            await h.deliver_until([healthy, failing], healthy_done_and_failing_kept)
+            # the failing one kept every event as a retry job: none is lost
+            assert h.state.pending()[failing.id] == 100
+            bad.reply(200)  # it is back
+            await h.deliver_until(
+                [healthy, failing],
+                lambda: not h.state.pending().get(failing.id) and len({i for i in ids(bad)}) >= 100,
+            )
+
+        asyncio.run(go())
+        assert healthy_s[0] < 2.0
+        assert sorted(set(ids(bad))) == sorted(f"m{n}" for n in range(100))
+        assert len(ids(good)) == 100  # the healthy one got each once
+    assert h.outcomes(failing)[("awaiting_retry", "http_503")] == 100
+    assert h.outcomes(failing)[("delivered", "")] == 100
+    h.close()
+
+
+def test_a_final_status_discards_with_the_status_as_reason(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(400, b"bad payload")) as rx:
+        hook = route("Hook", rx.url)
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(3)])
+            await h.deliver_until(
+                [hook], lambda: h.outcomes(hook).get(("discarded", "http_400")) == 3
+            )
+            await asyncio.sleep(0.2)
+
+        asyncio.run(go())
+        assert len(rx.requests) == 3  # tried once each, never again
+    assert h.state.pending() == {} and h.state.dead_count() == {}
+    h.close()
+
+
+def test_events_failing_past_their_retry_period_become_dead_letters_and_can_be_redriven(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(500, b"down")) as rx:
+        hook = route("Hook", rx.url, retry_period="1s")
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(4)])
+            await h.deliver_until([hook], lambda: h.state.dead_count().get(hook.id) == 4)
+            assert len(rx.requests) > 4  # retried before giving up
+            dead = h.state.dead_letters(hook.id)
+            assert {d.event.message_id for d in dead} == {"m0", "m1", "m2", "m3"}
+            assert all(d.reason == "http_500" and d.response == b"down" for d in dead)
+            rx.reply(200)
+            rx.clear()
+            assert h.state.redrive(hook.id, None, now_ms()) == 4
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= 4 and not h.state.pending())
+
+        asyncio.run(go())
+        assert sorted(ids(rx)) == ["m0", "m1", "m2", "m3"]
+    assert h.outcomes(hook)[("expired", "http_500")] == 4
+    assert h.state.dead_count() == {}
+    h.close()
+
+
+def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(429, headers={"Retry-After": "1"}), 200) as rx:
+        hook = route("Hook", rx.url)
+
+        async def go() -> None:
+            await h.write([message(1)])
+            await h.deliver_until([hook], lambda: len(rx.requests) >= 2)
+
+        asyncio.run(go())
+        first, second = rx.requests[:2]
+        assert second.time - first.time >= 0.9  # not before the second it asked for
+    h.close()
+
+
+def test_a_restarted_router_goes_on_from_its_commit_without_resending(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as rx:
+        hook = route("Hook", rx.url)
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(10)])
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= 10)
+            await h.write([message(n) for n in range(10, 15)])
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= 15)
+            await asyncio.sleep(0.2)
+
+        asyncio.run(go())
+        assert sorted(ids(rx)) == sorted(f"m{n}" for n in range(15))
+    assert h.outcomes(hook) == {("delivered", ""): 15}
+    h.close()
+
+
+def test_latency_and_outcomes_reach_the_metrics(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 5})
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(20)])
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= 20)
+
+        asyncio.run(go())
+    snap = merge([h.metrics.snapshot()])
+    [(name, buckets, seconds)] = snap.delivery
+    assert name == "Hook" and sum(buckets) == 20 and seconds >= 0
+    assert quantile(buckets, 0.99) <= 5.0  # received moments ago
+    assert (hook.stage, WEB, "delivered", "", 20) in snap.stage
+    text = render(snap, [], 0).decode()
+    assert 'headwater_delivery_latency_seconds_count{destination="Hook"} 20.0' in text
+    h.close()
+
+
+def test_an_ordered_destination_gets_each_profiles_events_in_order(tmp_path: Path) -> None:
+    """u1's first event fails once: u1's later events wait behind it (others go on), then
+    arrive in the order they were sent."""
+    h = Harness(tmp_path)
+    failed_once: list[str] = []
+
+    def behaviour(request: Any) -> Reply:
+        mid = request.json()["messageId"]
+        if mid == "m1" and not failed_once:
+            failed_once.append(mid)
+            return Reply(503)
+        return Reply(200)
+
+    with Receiver() as rx:
+        rx.behave(behaviour)
+        hook = route("Hook", rx.url, ordered=True)
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(1, 16)])  # u1: m1, m6, m11 (n % 5 == 1)
+            await h.deliver_until([hook], lambda: len(set(ids(rx))) >= 15 and not h.state.pending())
+
+        asyncio.run(go())
+    delivered = [mid for mid in ids(rx)][1:]  # after the failed first attempt of m1
+    u1 = [m for m in delivered if m in ("m1", "m6", "m11")]
+    assert u1 == ["m1", "m6", "m11"]
+    assert delivered.index("m2") < delivered.index("m1")  # other profiles did not wait
+    assert h.outcomes(hook)[("awaiting_retry", "waiting_for_earlier")] == 2
+    h.close()
+
+
+def test_a_slow_destination_does_not_slow_a_fast_one(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as fast, Receiver(Reply(200, delay=1.5)) as slow:
+        quick = route("Quick", fast.url, settings={"batch_size": 10})
+        sluggish = route("Sluggish", slow.url, settings={"batch_size": 10, "max_in_flight": 1})
+        took: list[float] = []
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(60)])
+            took.append(await h.deliver_until([quick, sluggish], lambda: len(ids(fast)) >= 60))
+
+        asyncio.run(go())
+        assert took[0] < 1.5  # before the slow one has answered even its first request
+        assert len(ids(slow)) <= 10
+    h.close()
+
+
+def test_replacing_routes_keeps_unchanged_ones_and_restarts_changed_ones(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver() as first, Receiver() as second, Receiver() as steady:
+        same = route("Steady", steady.url)
+        moving = route("Moving", first.url)
+
+        async def go() -> None:
+            router = Router([same, moving], h.events, h.state, h.accounting, backoff=FAST)
+            router.start()
+            for p in range(h.events.partitions):
+                router.assign(p)
+            try:
+                await h.write([message(n) for n in range(5)])
+                while len(ids(first)) < 5 or len(ids(steady)) < 5:
+                    await asyncio.sleep(0.02)
+                kept = router._lanes[(same.id, 0)]
+                again = [route("Steady", steady.url), route("Moving", second.url)]
+                await router.replace_routes(again)
+                assert router._lanes[(same.id, 0)] is kept  # made the same: left running
+                await h.write([message(n) for n in range(5, 10)])
+                deadline = time.monotonic() + 10
+                while len(ids(second)) < 5 or len(ids(steady)) < 10:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                await router.replace_routes([again[0]])  # Moving removed
+                assert (moving.id, 0) not in router._lanes
+            finally:
+                await router.stop()
+
+        asyncio.run(go())
+        assert sorted(ids(second)) == [f"m{n}" for n in range(5, 10)]  # from its commit on
+        assert sorted(ids(steady)) == sorted(f"m{n}" for n in range(10))  # each once
+    h.close()
+
+
+def test_a_replayed_unit_keeps_no_second_job_and_is_counted_once(tmp_path: Path) -> None:
+    """A router that stops after keeping a unit's retry jobs but before committing reads the
+    unit again: the destination sees the events again, but nothing else happens twice."""
+    h = Harness(tmp_path)
+    with Receiver(Reply(503)) as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 5})
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(12)])
+            batches = await h.events.read(0, 0)
+            router = Router([hook], h.events, h.state, h.accounting, backoff=FAST)
+            await Lane(router, hook, 0).deliver(batches)
+            await Lane(router, hook, 0).deliver(batches)  # the replay, by a new lane
+
+        asyncio.run(go())
+        assert len(ids(rx)) == 24  # tried twice: at least once is all a crash allows
+    assert h.state.pending() == {hook.id: 12}
+    assert h.outcomes(hook) == {("awaiting_retry", "http_503"): 12}
+    h.close()
+
+
+def test_the_events_of_one_failed_request_keep_its_samples_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(503, b"busy")) as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 5})
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(10)])
+            await h.deliver_until([hook], lambda: h.state.pending().get(hook.id) == 10)
+
+        asyncio.run(go())
+    jobs = h.state.due(hook.id, now_ms() + 10**9, 100)
+    with_samples = [j for j in jobs if j.response is not None]
+    assert len(with_samples) == 2  # one per request of five
+    assert all(j.response == b"busy" and j.request for j in with_samples)
+    assert all(j.status == 503 and j.reason == "http_503" for j in jobs)
+    h.close()
+
+
+def test_a_destination_that_is_down_gets_probes_not_every_due_job(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(503)) as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 5, "max_in_flight": 4})
+        now = now_ms()
+        h.state.add(
+            [
+                RetryJob(hook.id, Event(f"m{n}", WEB, now, f"u{n}", message(n)), 1, now, now, "x")
+                for n in range(200)
+            ]
+        )
+        retrier = Retrier(hook, h.state, h.accounting, Backoff(0.01, 0.02), now_ms, poll_s=0.2)
+
+        async def go() -> None:
+            task = asyncio.get_running_loop().create_task(retrier.run())
+            try:
+                await asyncio.sleep(1.0)
+                assert retrier.failing
+                assert len(rx.requests) <= 4 + 6  # one full round, then a probe per 0.2 s
+                rx.reply(200)
+                deadline = time.monotonic() + 10
+                while h.state.pending():
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                assert not retrier.failing
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(go())
+        assert set(ids(rx)) == {f"m{n}" for n in range(200)}
+    h.close()
