@@ -54,18 +54,7 @@ async def attempt(route: Route, events: list[Event]) -> list[Result]:
 
     async def one(chunk: list[Event]) -> list[Result]:
         async with route.in_flight:
-            try:
-                results = await route.destination.deliver(chunk)
-            except Exception as exc:  # a destination's bug must not stop its lane
-                log.exception("destination %s failed to deliver", route.spec.name)
-                return [Result(RETRY, DESTINATION_ERROR, response=str(exc).encode()[:512])] * len(
-                    chunk
-                )
-        if len(results) != len(chunk):
-            log.error("destination %s gave %d results for %d events", route.spec.name,
-                      len(results), len(chunk))  # fmt: skip
-            return [Result(RETRY, DESTINATION_ERROR)] * len(chunk)
-        return results
+            return await request(route, chunk)
 
     if route.ordered:
         out: list[Result] = []
@@ -74,6 +63,23 @@ async def attempt(route: Route, events: list[Event]) -> list[Result]:
         return out
     parts = await asyncio.gather(*(one(c) for c in chunks))
     return [r for part in parts for r in part]
+
+
+async def request(route: Route, events: list[Event]) -> list[Result]:
+    """One request of `events` to the route's destination: a result per event (a bug in the
+    destination's code is a retryable `destination_error`, never an exception)."""
+    try:
+        results = await route.destination.deliver(events)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a destination's bug must not stop its lane
+        log.exception("destination %s failed to deliver", route.spec.name)
+        return [Result(RETRY, DESTINATION_ERROR, response=str(exc).encode()[:512])] * len(events)
+    if len(results) != len(events):
+        log.error("destination %s gave %d results for %d events", route.spec.name,
+                  len(results), len(events))  # fmt: skip
+        return [Result(RETRY, DESTINATION_ERROR)] * len(events)
+    return results
 
 
 def once(result: Result, sampled: set[int]) -> Result:

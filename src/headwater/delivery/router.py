@@ -4,7 +4,8 @@ for it, so a slow or failing destination only ever delays itself.
 For each (destination, partition) a *lane* consumes `events` as the consumer group
 `router-<destination id>`: it fetches record batches, keeps the events of the destination's
 sources that its filter lets through (the others are counted `filtered` with a reason), and
-tries each once (`attempts.attempt`: requests of `max_batch`, `max_in_flight` at once). Events
+tries each once: the destination's lanes share a `batcher.RequestBatcher`, which sends their
+events in requests of up to `max_batch`, `max_in_flight` at once. Events
 that fail for now are kept as retry jobs in the delivery state; only then does the lane count
 the unit and commit its offset. A crash replays from the last commit: some events reach their
 destination twice, always with the same `messageId` (and `Idempotency-Key`).
@@ -41,6 +42,7 @@ from headwater.delivery.attempts import (
     observe,
     settle_first,
 )
+from headwater.delivery.batcher import RequestBatcher
 from headwater.delivery.metrics import DeliveryMetrics
 from headwater.delivery.model import RETRY, Event, Result
 from headwater.delivery.retrier import Retrier
@@ -95,6 +97,7 @@ class Router:
         self.holds = holds
         self._lanes: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._retriers: dict[str, asyncio.Task[None]] = {}
+        self._batchers: dict[str, RequestBatcher] = {}
         self._partitions: set[int] = set()
         self.errors = 0
 
@@ -110,6 +113,13 @@ class Router:
         self._retriers[route.id] = asyncio.get_running_loop().create_task(
             retrier.run(), name=f"retry-{route.id}"
         )
+
+    def batcher(self, route: Route) -> RequestBatcher:
+        """The route's requests, shared by its lanes."""
+        batcher = self._batchers.get(route.id)
+        if batcher is None or batcher.route is not route:
+            batcher = self._batchers[route.id] = RequestBatcher(route)
+        return batcher
 
     def assign(self, partition: int) -> None:
         """Deliver `partition` to every destination, from each one's committed offset."""
@@ -164,6 +174,9 @@ class Router:
             _done, pending = await asyncio.wait(tasks, timeout=0.1)
             tasks = list(pending)
         for route in routes:
+            batcher = self._batchers.pop(route.id, None)
+            if batcher is not None:
+                await batcher.close()
             try:
                 await route.destination.close()
             except Exception:
@@ -254,7 +267,8 @@ class Lane:
             if route.ordered:
                 parked, ready, results = await self._in_order(chosen)
             else:
-                parked, ready, results = [], chosen, await attempt(route, chosen)
+                parked, ready = [], chosen
+                results = await router.batcher(route).deliver(chosen)
             now = router.clock()
             uncounted = {i for i, e in enumerate(ready) if e.message_id in replayed}
             jobs = settle_first(route, ready, results, now, router.backoff, tally, uncounted)
