@@ -136,6 +136,18 @@ class StateContract:
         twice = state.add([job(5), job(5)])  # the same message twice in one call
         assert twice[0].id == twice[1].id and state.pending()[A] == 4
 
+    def test_keep_adds_as_add_does(self, state: DeliveryState) -> None:
+        """`keep` is `add` without the ids: one job per destination and messageId too."""
+        state.keep([job(0), job(1, due_ms=NOW + 5), job(2, B)])
+        state.keep([job(1, due_ms=NOW + 99), job(3), job(3)])  # replayed, and twice in one call
+        state.keep([])
+        assert state.pending() == {A: 3, B: 1}
+        due = state.due(A, NOW + 5, 10)
+        assert [(j.event.message_id, j.due_ms) for j in due] == [
+            ("m0", NOW), ("m3", NOW), ("m1", NOW + 5)
+        ]  # fmt: skip
+        assert [j.event for j in due] == [job(0).event, job(3).event, job(1).event]
+
     def test_due_first_of_key_leaves_later_jobs_of_a_profile_waiting(
         self, state: DeliveryState
     ) -> None:

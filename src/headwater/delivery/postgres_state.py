@@ -198,6 +198,17 @@ class PostgresDeliveryState:
         found = self._run(work)
         return with_ids(jobs, (found[(j.destination_id, j.event.message_id)] for j in jobs))
 
+    def keep(self, jobs: list[RetryJob]) -> None:
+        """`add` without finding the ids."""
+
+        def work(cur: Cur) -> None:
+            for start in range(0, len(jobs), ADD_CHUNK):
+                rows = [job_row(j) for j in jobs[start : start + ADD_CHUNK]]
+                cur.execute(self._q["add"], [list(c) for c in zip(*rows, strict=True)])
+
+        if jobs:
+            self._run(work)
+
     def due(
         self, destination_id: str, now_ms: int, limit: int, first_of_key: bool = False
     ) -> list[RetryJob]:

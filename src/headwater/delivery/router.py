@@ -278,7 +278,7 @@ class Lane:
                 if event.message_id not in replayed:
                     count(tally, route, event, AWAITING_RETRY, WAITING_FOR_EARLIER)
         if jobs:
-            await asyncio.to_thread(router.state.add, jobs)
+            await asyncio.to_thread(router.state.keep, jobs)
         await self._account(batches, tally)
         add_counts(router.metrics, tally)
 

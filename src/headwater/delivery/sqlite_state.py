@@ -119,6 +119,12 @@ class SqliteDeliveryState:
                     found[(dest, mid)] = id_
         return with_ids(jobs, (found[(j.destination_id, j.event.message_id)] for j in jobs))
 
+    def keep(self, jobs: list[RetryJob]) -> None:
+        """`add` without finding the ids."""
+        if jobs:
+            with self._write() as conn:
+                conn.executemany(Q["add"], [job_row(j) for j in jobs])
+
     def due(
         self, destination_id: str, now_ms: int, limit: int, first_of_key: bool = False
     ) -> list[RetryJob]:

@@ -61,6 +61,10 @@ class DeliveryState(Protocol):
         their jobs, in order."""
         ...
 
+    def keep(self, jobs: list[RetryJob]) -> None:
+        """`add` without finding the ids: what the router does with every failed event."""
+        ...
+
     def due(
         self, destination_id: str, now_ms: int, limit: int, first_of_key: bool = False
     ) -> list[RetryJob]:

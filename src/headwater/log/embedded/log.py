@@ -136,7 +136,10 @@ class EmbeddedConsumer:
             await asyncio.sleep(self.POLL_S)
 
     async def commit(self, offset: int) -> None:
-        self._reader.commit(self.group, {self.partition: offset}, forward_only=True)
+        # in a thread: the log's write lock may be held by an append (and its fsync)
+        await asyncio.to_thread(
+            self._reader.commit, self.group, {self.partition: offset}, forward_only=True
+        )
 
     async def close(self) -> None:
         return None

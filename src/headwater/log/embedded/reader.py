@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class EmbeddedLogReader:
         self._partitions = stored_partitions(root)
         self._files = LogFiles(root)
         self._conn: sqlite3.Connection = connect(self._files, synchronous="NORMAL")
+        # commits have their own connection, so a thread can commit while the loop reads
+        self._commit_lock = threading.Lock()
+        self._commit_conn: sqlite3.Connection | None = None
         self._fds: dict[int, int] = {}
         self.corrupt_batches = 0
 
@@ -95,7 +99,8 @@ class EmbeddedLogReader:
         return int(row[0])
 
     def commit(self, group: str, offsets: dict[int, int], forward_only: bool = False) -> None:
-        """Set `group`'s offsets (`forward_only`: never move one back, as a stage commits)."""
+        """Set `group`'s offsets (`forward_only`: never move one back, as a stage commits).
+        Safe to call from any thread, while another reads."""
         now_ms = time.time_ns() // 1_000_000
         rows = [(group, p, off, now_ms) for p, off in offsets.items()]
         sql = (
@@ -104,13 +109,16 @@ class EmbeddedLogReader:
             if forward_only
             else "INSERT OR REPLACE INTO consumer_offsets VALUES(?,?,?,?)"
         )
-        with self._files.write_lock():
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._commit_lock, self._files.write_lock():
+            if self._commit_conn is None:
+                self._commit_conn = connect(self._files, synchronous="NORMAL")
+            conn = self._commit_conn
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(sql, rows)
-                self._conn.execute("COMMIT")
+                conn.executemany(sql, rows)
+                conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
 
     def committed(self, group: str) -> dict[int, int]:
@@ -129,7 +137,11 @@ class EmbeddedLogReader:
             os.close(fd)
         self._fds.clear()
         self._conn.close()
-        self._files.close()
+        with self._commit_lock:
+            if self._commit_conn is not None:
+                self._commit_conn.close()
+                self._commit_conn = None
+            self._files.close()
 
     def _pread(self, segment: int, position: int, length: int) -> bytes | None:
         fd = self._fds.get(segment)
