@@ -68,7 +68,9 @@ def test_each_caller_gets_the_results_of_its_own_events_in_order() -> None:
         a, b = asyncio.run(go())
         assert [r.outcome for r in a] == [DISCARDED] * 4 + [RETRY] * 2
         assert [r.outcome for r in b] == [RETRY] * 3
-        assert sent_ids(rx) == [["m0", "m1", "m2", "m3"], ["m4", "m5", "m100", "m101"], ["m102"]]
+        assert sorted(sent_ids(rx)) == [  # in flight together: in any order
+            ["m0", "m1", "m2", "m3"], ["m102"], ["m4", "m5", "m100", "m101"]
+        ]  # fmt: skip
 
 
 def test_a_request_that_is_not_full_leaves_after_the_linger() -> None:

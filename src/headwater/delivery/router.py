@@ -55,10 +55,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCHES = 64  # record batches fetched at once by a lane
 FETCH_TIMEOUT_S = 0.5
-# A lane commits its position at most this often (and when it is idle): on the embedded log
-# a commit waits for the log's write lock on the event loop, which every lane shares.
-# What a stop leaves uncommitted is delivered again (kept jobs and counts do not repeat).
-COMMIT_EVERY_S = 0.25
+# A lane settles (keeps its retry jobs, records its counts, commits its position) at most this
+# often, and when it is idle: three transactions, whatever the number of units delivered.
+# What a stop leaves unsettled is delivered again (kept jobs and counts do not repeat).
+SETTLE_EVERY_S = 0.25
 
 
 class _Head(msgspec.Struct):
@@ -203,13 +203,21 @@ class Router:
 
 
 class Lane:
-    """One destination's reading of one partition of `events`."""
+    """One destination's reading of one partition of `events`.
+
+    A lane *settles* what it delivered at most every `SETTLE_EVERY_S` (and when idle or
+    stopped): it keeps the retry jobs, records the counts with the accounting mark, then
+    commits its offset, in that order, so a stop at any point replays only what is not yet
+    settled, and nothing is kept or counted twice."""
 
     def __init__(self, router: Router, route: Route, partition: int) -> None:
         self.router = router
         self.route = route
         self.partition = partition
         self.mark: int | None = None  # how far the accounting of this lane reaches
+        self.tally = Tally()  # the counts of the units delivered since the last settle
+        self.jobs: list[RetryJob] = []  # their retry jobs
+        self.delivered_to: int | None = None  # the end of the last unit delivered
 
     async def run(self) -> None:
         router, route = self.router, self.route
@@ -219,12 +227,13 @@ class Lane:
         key = (route.id, self.partition)
         loop = asyncio.get_running_loop()
         done: int | None = None  # delivered up to here, not committed yet
-        committed_at = loop.time()
+        settled_at = loop.time()
         try:
             while router.holds(self.partition) and router._lanes.get(key) is me:
                 batches = await consumer.fetch(MAX_BATCHES, FETCH_TIMEOUT_S)
                 if not batches:
-                    if done is not None:  # idle: nothing is left uncommitted for long
+                    if done is not None:  # idle: nothing is left unsettled for long
+                        await self.settle()
                         await consumer.commit(done)
                         done = None
                     continue
@@ -232,19 +241,22 @@ class Lane:
                 if not router.holds(self.partition) or router._lanes.get(key) is not me:
                     return  # revoked meanwhile: the next owner delivers from the commit
                 done = batches[-1].end_offset
-                if loop.time() - committed_at >= COMMIT_EVERY_S:
+                if loop.time() - settled_at >= SETTLE_EVERY_S:
+                    await self.settle()
                     await consumer.commit(done)
-                    done, committed_at = None, loop.time()
+                    done, settled_at = None, loop.time()
         finally:
-            if done is not None:  # stopped or revoked: what was delivered is done
-                with contextlib.suppress(Exception):
+            # stopped or revoked: what was delivered is settled (the rest is delivered again)
+            with contextlib.suppress(Exception):
+                await self.settle()
+                if done is not None:
                     await consumer.commit(done)
 
     async def deliver(self, batches: list[RecordBatch]) -> None:
-        """Deliver the unit's events once; keep those to retry; count it all."""
+        """Deliver the unit's events once; its retry jobs and counts wait for `settle`."""
         router, route = self.router, self.route
-        tally = Tally()
-        counted = await self._counted_until(batches)
+        tally = self.tally
+        counted = await self._counted_until()
         chosen: list[Event] = []
         replayed: set[str] = set()  # message ids of events counted before a replay
         for batch in batches:
@@ -262,7 +274,6 @@ class Lane:
                 chosen.append(event)
                 if not count_it:
                     replayed.add(event.message_id)
-        jobs: list[RetryJob] = []
         if chosen:
             if route.ordered:
                 parked, ready, results = await self._in_order(chosen)
@@ -271,16 +282,24 @@ class Lane:
                 results = await router.batcher(route).deliver(chosen)
             now = router.clock()
             uncounted = {i for i, e in enumerate(ready) if e.message_id in replayed}
-            jobs = settle_first(route, ready, results, now, router.backoff, tally, uncounted)
+            self.jobs += settle_first(route, ready, results, now, router.backoff, tally, uncounted)
             observe(router.metrics, route, ready, results, now)
             for event in parked:
-                jobs.append(RetryJob(route.id, event, 0, now, now, WAITING_FOR_EARLIER))
+                self.jobs.append(RetryJob(route.id, event, 0, now, now, WAITING_FOR_EARLIER))
                 if event.message_id not in replayed:
                     count(tally, route, event, AWAITING_RETRY, WAITING_FOR_EARLIER)
-        if jobs:
-            await asyncio.to_thread(router.state.keep, jobs)
-        await self._account(batches, tally)
-        add_counts(router.metrics, tally)
+        self.delivered_to = batches[-1].end_offset
+
+    async def settle(self) -> None:
+        """Keep the retry jobs of what was delivered, then record its counts."""
+        router = self.router
+        if self.jobs:
+            await asyncio.to_thread(router.state.keep, self.jobs)
+            self.jobs = []
+        if self.delivered_to is not None:
+            await self._account(self.delivered_to, self.tally)
+            add_counts(router.metrics, self.tally)
+        self.tally, self.delivered_to = Tally(), None
 
     async def _in_order(self, events: list[Event]) -> tuple[list[Event], list[Event], list[Result]]:
         """An ordered destination's events, a request at a time: those whose profile has an
@@ -288,6 +307,7 @@ class Lane:
         are tried. Returns (waiting, tried, their results)."""
         route = self.route
         blocked = set(await asyncio.to_thread(self.router.state.waiting_keys, route.id))
+        blocked.update(job.event.order_key for job in self.jobs)  # kept at the next settle
         size = max(1, route.destination.max_batch)
         parked: list[Event] = []
         tried: list[Event] = []
@@ -309,7 +329,7 @@ class Lane:
             results += got
         return parked, tried, results
 
-    async def _counted_until(self, batches: list[RecordBatch]) -> int:
+    async def _counted_until(self) -> int:
         """The offset this lane's counts reach (batches ending at or before it were counted
         before a replay)."""
         store = self.router.accounting
@@ -319,12 +339,12 @@ class Lane:
             self.mark = await asyncio.to_thread(store.mark, self.route.stage, self.partition)
         return self.mark
 
-    async def _account(self, batches: list[RecordBatch], tally: Tally) -> None:
+    async def _account(self, new: int, tally: Tally) -> None:
+        """Record `tally` and move the mark to `new`, in one transaction."""
         store = self.router.accounting
         if store is None:
             return
-        new = batches[-1].end_offset
-        mark = await self._counted_until(batches)
+        mark = await self._counted_until()
         if new <= mark:
             return
         moved = Mark(self.route.stage, self.partition, mark, new)
