@@ -20,8 +20,8 @@ process each), which records the first arrival of every messageId (`time.time()`
    (`routes.GROUP_PREFIX` + the destination's id) has committed the end offsets, and the
    receiver must have every messageId. Baselines in the same run, in this process: the same
    bodies (JSON arrays of `batch_size` messages as read from the log, stamped) POSTed by a
-   plain `httpx.AsyncClient` with the same concurrency (8), and by a raw asyncio HTTP/1.1
-   client (the receiver's ceiling).
+   plain `aiohttp.ClientSession` (the router's HTTP client) with the same concurrency (8),
+   and by a raw asyncio HTTP/1.1 client (the receiver's ceiling).
    `--profile DIR` runs each router under `py-spy record --idle` (about a fifth slower) and
    prints where its event loop's time goes.
 2. isolation: `headwater up --workers 1` with two webhook destinations (batch_size 100), driven
@@ -83,9 +83,9 @@ def judge(results: dict[str, Any]) -> tuple[dict[str, Any], list[Bar]]:
         runs = tp["_runs"]
         for size in sorted({r.batch_size for r in runs}):
             router = next(r for r in runs if r.label == f"router, batch_size {size}")
-            base = next(r for r in runs if r.label == f"httpx loop, {size}")
+            base = next(r for r in runs if r.label == f"aiohttp loop, {size}")
             raw = next(r for r in runs if r.label == f"raw client, {size}")
-            ratios[f"router_vs_httpx_{size}"] = (
+            ratios[f"router_vs_aiohttp_{size}"] = (
                 router.events_per_s / base.events_per_s if base.events_per_s else None
             )
             ratios[f"router_vs_raw_{size}"] = (
@@ -128,17 +128,17 @@ def print_report(results: dict[str, Any], ratios: dict[str, Any], bars: list[Bar
         print(f"\n1. webhook throughput, {tp['events']:,} preloaded events "
               f"({tp['message_bytes']:.0f} B each, stamped), {IN_FLIGHT} in flight")  # fmt: skip
         head = f"{'run':<26}{'events/s':>11}{'seconds':>9}{'1st commit':>11}{'steady/s':>11}"
-        head += f"{'requests':>10}{'vs httpx':>9}"
+        head += f"{'requests':>10}{'vs aiohttp':>11}"
         print(head)
         print("-" * len(head))
-        httpx_rate = {r.batch_size: r.events_per_s for r in tp["_runs"] if "httpx" in r.label}
+        client_rate = {r.batch_size: r.events_per_s for r in tp["_runs"] if "aiohttp" in r.label}
         for r in tp["_runs"]:
             steady = f"{r.steady_events_per_s:,.0f}" if r.steady_events_per_s else "-"
             first = f"{r.first_commit_s:.2f}" if r.first_commit_s else "-"
-            base = httpx_rate.get(r.batch_size)
+            base = client_rate.get(r.batch_size)
             vs = f"{r.events_per_s / base:.2f}x" if base else "-"
             print(f"{r.label:<26}{r.events_per_s:>11,.0f}{(r.seconds or 0):>9.2f}{first:>11}"
-                  f"{steady:>11}{r.received.get('requests', 0):>10,}{vs:>9}")  # fmt: skip
+                  f"{steady:>11}{r.received.get('requests', 0):>10,}{vs:>11}")  # fmt: skip
         print(f"(reading + stamping the log in-process: "
               f"{tp['read_and_stamp_events_per_s']:,.0f} events/s)")  # fmt: skip
     runs = list(results.get("isolation") or [])
@@ -165,18 +165,15 @@ def print_report(results: dict[str, Any], ratios: dict[str, Any], bars: list[Bar
 
 
 def versions() -> dict[str, Any]:
-    """The HTTP stack's versions, and whether `sniffio` is importable (httpcore imports it on
-    every `current_async_library()` call, that is several times per request)."""
+    """The versions of the HTTP stack and the libraries on the delivery path."""
     from importlib.metadata import PackageNotFoundError, version
-    from importlib.util import find_spec
 
     out: dict[str, Any] = {}
-    for name in ("httpx", "httpcore", "anyio", "h11", "httptools", "uvloop", "msgspec"):
+    for name in ("aiohttp", "yarl", "multidict", "httptools", "uvloop", "msgspec"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = None
-    out["sniffio_importable"] = find_spec("sniffio") is not None
     return out
 
 
@@ -248,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     if load[0] > 0.5:
         print(f"warning: 1-minute load average is {load[0]:.2f}: other work skews the numbers")
-    if not versions()["sniffio_importable"]:
-        print("note: sniffio is not installed: httpcore tries to import it on every request "
-              "(see BENCHMARKS.md, Delivery)")  # fmt: skip
     results: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="hwbench-delivery-") as tmp:

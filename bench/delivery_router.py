@@ -1,6 +1,6 @@
 """Part 1 of the delivery benchmark (`delivery.py`), webhook throughput: the `events` log
 preloaded as the processor writes it, one `headwater router` timed until its group has committed
-the end offsets, the same request bodies POSTed by an httpx loop and by a raw client (the
+the end offsets, the same request bodies POSTed by an aiohttp loop and by a raw client (the
 baselines), and the summary of a router's py-spy profile (`--profile`)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from delivery_load import RawConnection, connect, post_bytes
 from delivery_setup import (
     PARTITIONS,
@@ -225,7 +225,7 @@ def batch_bodies(events: list[Event], size: int) -> list[tuple[bytes, str]]:
 def bench_client(
     workdir: Path, label: str, bodies: list[tuple[bytes, str]], n: int, size: int, raw: bool
 ) -> RouterRun:
-    """The same bodies POSTed by `IN_FLIGHT` workers: httpx (as the webhook's pool), or a raw
+    """The same bodies POSTed by `IN_FLIGHT` workers: aiohttp (as the webhook's pool), or a raw
     keep-alive client (the receiver's ceiling)."""
     receiver = start_receiver(workdir, f"receiver-{label.replace(' ', '-')}")
     run = RouterRun(label, n, None, batch_size=size)
@@ -234,7 +234,7 @@ def bench_client(
         print(f"{label}: {len(bodies):,} requests of {size}", flush=True)
         url = receiver.base_url + "/in"
         seconds = run_loop(
-            _post_raw(receiver.port, bodies) if raw else _post_httpx(url, bodies)
+            _post_raw(receiver.port, bodies) if raw else _post_aiohttp(url, bodies)
         )  # fmt: skip
         run.seconds = seconds
         run.received = wait_received(receiver, n, 5.0)
@@ -246,18 +246,20 @@ def bench_client(
     return run
 
 
-async def _post_httpx(url: str, bodies: list[tuple[bytes, str]]) -> float:
-    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+async def _post_aiohttp(url: str, bodies: list[tuple[bytes, str]]) -> float:
     todo = list(reversed(bodies))
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0)) as client:
+    connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
+    timeout = aiohttp.ClientTimeout(total=10.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
             while todo:
                 body, key = todo.pop()
                 headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-                r = await client.post(url, content=body, headers=headers)
-                if r.status_code != 200:
-                    raise RuntimeError(f"baseline: HTTP {r.status_code}")
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"baseline: HTTP {r.status}")
 
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
@@ -311,7 +313,8 @@ def part_throughput(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     for size in args.batch_sizes:
         runs.append(bench_router(workdir, data, config, size, args.events, ends, args.profile))
         bodies = batch_bodies(events, size)
-        runs.append(bench_client(workdir, f"httpx loop, {size}", bodies, args.events, size, False))
+        label = f"aiohttp loop, {size}"
+        runs.append(bench_client(workdir, label, bodies, args.events, size, False))
         runs.append(bench_client(workdir, f"raw client, {size}", bodies, args.events, size, True))
     return {
         "events": args.events,
@@ -331,17 +334,16 @@ def part_throughput(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 # Where a router's main thread spends its samples, by the first of these frames its stack holds.
 PROFILE_GROUPS = [
-    ("HTTP client: failed `import sniffio` per request", ["current_async_library (httpcore"]),
     ("start-up (imports, routes, stores)", ["_find_and_load", "make_routes", "open_accounting"]),
     ("logging (a line per request)", ["logging/__init__"]),
-    ("HTTP client (httpx, httpcore, anyio, h11)", ["httpx/", "httpcore/", "anyio/", "h11/"]),
+    ("HTTP client (aiohttp, yarl, multidict)", ["aiohttp/", "yarl/", "multidict/"]),
     ("reading + stamping the log", ["EmbeddedConsumer.fetch", "decode_batch"]),
     ("committing offsets (write lock, SQLite)", ["EmbeddedConsumer.commit"]),
     ("filters (DestinationFilter.check)", ["DestinationFilter.check"]),
     ("event heads (router._event)", ["_event ("]),
     ("counting (Tally, metrics)", ["Tally.", "count (", "observe (", "add_counts", "settle_first"]),
     ("request bodies (json_array, Idempotency-Key)", ["json_array", "idempotency_key"]),
-    ("threads: accounting and state writes", ["to_thread", "_account", "state.add"]),
+    ("threads: accounting and state writes", ["to_thread", "_account", "state.keep"]),
 ]
 
 

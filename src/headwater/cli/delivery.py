@@ -30,7 +30,6 @@ def router(config: Config, config_path: str | None, paths: DataPaths, parent: in
     from headwater.process import tune_gc
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s router %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     tune_gc()
     run_role("router", config, paths, parent, lambda stop: run_router(config, paths, stop))
 
