@@ -160,6 +160,7 @@ def test_final_statuses_discard(status: int) -> None:
     reply = Reply(status, b"nope", headers={"Retry-After": "5", "Location": "/x"})
     with Receiver(reply) as rx:
         (result,) = deliver(webhook(rx.url), [ev])
+        assert len(rx.requests) == 1  # a redirect is an answer, not followed
     assert result == Result(DISCARDED, f"http_{status}", status, None, ev.message, b"nope")
 
 
