@@ -21,7 +21,7 @@ from headwater.delivery.attempts import Backoff
 from headwater.delivery.metrics import DeliveryMetrics
 from headwater.delivery.model import Event
 from headwater.delivery.retrier import Retrier
-from headwater.delivery.router import Lane, Router
+from headwater.delivery.router import DRAIN_S, Lane, Router
 from headwater.delivery.routes import Route, make_route
 from headwater.delivery.state import DeliveryState, RetryJob
 from headwater.delivery.states import open_delivery_state
@@ -72,8 +72,10 @@ class Harness:
         done: Callable[[], bool],
         timeout: float = 10.0,
         backoff: Backoff = FAST,
+        drain_s: float = DRAIN_S,
     ) -> float:
-        """Run a router until `done()`; returns the seconds it took."""
+        """Run a router until `done()`, then stop it (`drain_s`: see `Router.stop`); returns
+        the seconds it took."""
         router = Router(
             routes, self.events, self.state, self.accounting, backoff=backoff, metrics=self.metrics
         )
@@ -87,7 +89,7 @@ class Harness:
                 await asyncio.sleep(0.02)
             return time.monotonic() - started
         finally:
-            await router.stop()
+            await router.stop(drain_s)
 
     def outcomes(self, r: Route, source: str = WEB) -> dict[tuple[str, str], int]:
         found: dict[tuple[str, str], int] = {}
@@ -328,14 +330,19 @@ def test_a_slow_destination_does_not_slow_a_fast_one(tmp_path: Path) -> None:
         quick = route("Quick", fast.url, settings={"batch_size": 10})
         sluggish = route("Sluggish", slow.url, settings={"batch_size": 10, "max_in_flight": 1})
         took: list[float] = []
+        slow_by_then: list[int] = []
+
+        def fast_done() -> bool:
+            slow_by_then.append(len(ids(slow)))
+            return len(ids(fast)) >= 60
 
         async def go() -> None:
             await h.write([message(n) for n in range(60)])
-            took.append(await h.deliver_until([quick, sluggish], lambda: len(ids(fast)) >= 60))
+            took.append(await h.deliver_until([quick, sluggish], fast_done, drain_s=0))
 
         asyncio.run(go())
         assert took[0] < 1.5  # before the slow one has answered even its first request
-        assert len(ids(slow)) <= 10
+        assert slow_by_then[-1] <= 10
     h.close()
 
 
@@ -449,4 +456,33 @@ def test_a_destination_that_is_down_gets_probes_not_every_due_job(tmp_path: Path
 
         asyncio.run(go())
         assert set(ids(rx)) == {f"m{n}" for n in range(200)}
+    h.close()
+
+
+def test_a_stopped_router_finishes_its_unit_so_a_restart_repeats_nothing(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(200, delay=0.3)) as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 10, "max_in_flight": 2})
+
+        async def go() -> None:
+            await h.write([message(n) for n in range(40)])
+            router = Router([hook], h.events, h.state, h.accounting, backoff=FAST)
+            router.start()
+            router.assign(0)
+            deadline = time.monotonic() + 10
+            while not rx.requests:  # the unit's first requests are in flight
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            await router.stop()  # drains: the unit is delivered, settled and committed
+            assert len(ids(rx)) == 40
+            again = route("Hook", rx.url, settings={"batch_size": 10, "max_in_flight": 2})
+            second = Router([again], h.events, h.state, h.accounting, backoff=FAST)
+            second.start()
+            second.assign(0)
+            await asyncio.sleep(0.8)  # a restarted router has nothing left to send
+            await second.stop()
+
+        asyncio.run(go())
+        assert sorted(ids(rx)) == sorted(f"m{n}" for n in range(40))  # each once
+    assert h.outcomes(hook) == {("delivered", ""): 40}
     h.close()

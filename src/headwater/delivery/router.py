@@ -59,6 +59,9 @@ FETCH_TIMEOUT_S = 0.5
 # often, and when it is idle: three transactions, whatever the number of units delivered.
 # What a stop leaves unsettled is delivered again (kept jobs and counts do not repeat).
 SETTLE_EVERY_S = 0.25
+# On `stop`, lanes get this long to finish the unit in hand and settle it (what is still in
+# flight after that is cancelled, and delivered again by the next router).
+DRAIN_S = 5.0
 
 
 class _Head(msgspec.Struct):
@@ -99,6 +102,7 @@ class Router:
         self._retriers: dict[str, asyncio.Task[None]] = {}
         self._batchers: dict[str, RequestBatcher] = {}
         self._partitions: set[int] = set()
+        self._draining = False
         self.errors = 0
 
     def start(self) -> None:
@@ -158,8 +162,14 @@ class Router:
                 for p in self._partitions:
                     self._start_lane(route, p)
 
-    async def stop(self) -> None:
-        """Stop every lane and retrier, then close the destinations."""
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Stop: lanes finish the unit in hand and settle it (for up to `drain_s`, so a
+        restart delivers nothing twice), then every lane and retrier stops and the
+        destinations close."""
+        self._draining = True
+        lanes = [t for t in self._lanes.values() if not t.done()]
+        if lanes and drain_s > 0:
+            await asyncio.wait(lanes, timeout=drain_s)
         await self._stop_routes(self.routes)
 
     async def _stop_routes(self, routes: list[Route]) -> None:
@@ -229,8 +239,14 @@ class Lane:
         done: int | None = None  # delivered up to here, not committed yet
         settled_at = loop.time()
         try:
-            while router.holds(self.partition) and router._lanes.get(key) is me:
+            while (
+                not router._draining
+                and router.holds(self.partition)
+                and router._lanes.get(key) is me
+            ):
                 batches = await consumer.fetch(MAX_BATCHES, FETCH_TIMEOUT_S)
+                if router._draining:
+                    break  # stopping: what was just fetched is left for the next router
                 if not batches:
                     if done is not None:  # idle: nothing is left unsettled for long
                         await self.settle()
