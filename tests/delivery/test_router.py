@@ -486,3 +486,68 @@ def test_a_stopped_router_finishes_its_unit_so_a_restart_repeats_nothing(tmp_pat
         assert sorted(ids(rx)) == sorted(f"m{n}" for n in range(40))  # each once
     assert h.outcomes(hook) == {("delivered", ""): 40}
     h.close()
+
+
+def test_a_destination_down_for_ten_minutes_gets_everything_afterwards(tmp_path: Path) -> None:
+    """Ten minutes of a destination answering 503 while events keep coming, on a clock that
+    runs 300 times faster (the default backoff: 10 s doubling up to 30 min; retry period
+    4 h): nothing lost, nothing expired, the destination probed rather than flooded."""
+    h = Harness(tmp_path)
+    speed = 300
+    start_ms, t0 = now_ms(), time.monotonic()
+
+    def clock() -> int:
+        return start_ms + int((time.monotonic() - t0) * speed * 1000)
+
+    down = {"now": True}
+    refused: list[int] = []
+    accepted: list[str] = []
+
+    def answer(request: Any) -> Reply:
+        if down["now"]:
+            refused.append(len(request.json()))
+            return Reply(503)
+        accepted.extend(m["messageId"] for m in request.json())
+        return Reply(200)
+
+    sent = [f"m{n}" for n in range(200)]
+    with Receiver() as rx:
+        rx.behave(answer)
+        hook = route("Hook", rx.url, settings={"batch_size": 10})
+
+        async def go() -> None:
+            router = Router([hook], h.events, h.state, h.accounting, clock=clock)
+            router.start()
+            for p in range(h.events.partitions):
+                router.assign(p)
+            try:
+                for wave in range(20):  # a wave of 10 events every 24 s of the clock
+                    batch = [message(n) for n in range(wave * 10, wave * 10 + 10)]
+                    await h.write(batch, partition=wave % 2)
+                    await asyncio.sleep(0.08)
+                while clock() - start_ms < 10 * 60_000:
+                    await asyncio.sleep(0.05)
+                assert h.state.pending() == {hook.id: 200}  # each kept for a retry
+                down["now"] = False
+                deadline = time.monotonic() + 20
+                while set(accepted) < set(sent):
+                    assert time.monotonic() < deadline, f"{len(set(sent) - set(accepted))} left"
+                    await asyncio.sleep(0.05)
+                while h.state.pending():  # the last round's jobs are forgotten
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+            finally:
+                await router.stop()
+
+        asyncio.run(go())
+    # every event tried once on arrival (requests of up to 10), then probes of one request
+    # per half second while down: far fewer requests than retries of every job would make
+    assert sum(refused) >= 200
+    assert len(refused) < 20 + 2 * 10 * 60 / speed / 0.5 + 10
+    assert sorted(set(accepted)) == sorted(sent)
+    assert h.state.dead_count() == {}
+    found = h.outcomes(hook)
+    assert found[("delivered", "")] == 200
+    assert found[("awaiting_retry", "http_503")] == 200
+    assert ("expired", "http_503") not in found
+    h.close()
