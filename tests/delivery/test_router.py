@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from headwater.delivery.state import DeliveryState, RetryJob
 from headwater.delivery.states import open_delivery_state
 from headwater.events.stamp import Stamp, encode_stamp
 from headwater.log.embedded.log import EmbeddedLog
+from headwater.log.embedded.retention import enforce_retention
 from headwater.log.records import Run, encode_run
 from headwater.observability.metrics import merge, quantile, render
 from tests.delivery.receiver import Receiver, Reply
@@ -53,9 +55,12 @@ def route(name: str, url: str, **conf: Any) -> Route:
 class Harness:
     """An `events` log, delivery state and accounting under `root`, and a router over them."""
 
-    def __init__(self, root: Path, partitions: int = 2) -> None:
+    def __init__(self, root: Path, partitions: int = 2, segment_bytes: int | None = None) -> None:
         self.root = root
-        self.events = EmbeddedLog("events", root / "events", settings(partitions))
+        log_settings = settings(partitions)
+        if segment_bytes is not None:
+            log_settings = replace(log_settings, segment_bytes=segment_bytes)
+        self.events = EmbeddedLog("events", root / "events", log_settings)
         self.state: DeliveryState = open_delivery_state("embedded", path=root / "delivery.db")
         self.accounting = SqliteAccountingStore(root / "accounting.db", Retention(10**9, 10**10))
         stamp = datetime.now(UTC)
@@ -550,4 +555,30 @@ def test_a_destination_down_for_ten_minutes_gets_everything_afterwards(tmp_path:
     assert found[("delivered", "")] == 200
     assert found[("awaiting_retry", "http_503")] == 200
     assert ("expired", "http_503") not in found
+    h.close()
+
+
+def test_events_removed_by_retention_before_a_destination_read_them_are_counted(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, segment_bytes=4096)  # a few appends per segment
+    with Receiver() as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 50})
+
+        async def go() -> None:
+            for n in range(0, 200, 10):
+                await h.write([message(k) for k in range(n, n + 10)])
+            removed = enforce_retention(tmp_path / "events", max_age_ms=10**12, max_bytes=1)
+            assert removed.records_removed > 0
+            left = 200 - removed.records_removed
+            await h.deliver_until([hook], lambda: len(ids(rx)) >= left)
+
+        asyncio.run(go())
+        got = ids(rx)
+    skipped = 200 - len(got)
+    assert skipped > 0 and sorted(got) == sorted(f"m{n}" for n in range(skipped, 200))
+    assert h.metrics.outcomes == {
+        (hook.stage, WEB, "delivered", ""): len(got),
+        (hook.stage, "", "skipped", "removed_by_retention"): skipped,
+    }
     h.close()

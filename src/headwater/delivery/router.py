@@ -62,6 +62,8 @@ SETTLE_EVERY_S = 0.25
 # On `stop`, lanes get this long to finish the unit in hand and settle it (what is still in
 # flight after that is cancelled, and delivered again by the next router).
 DRAIN_S = 5.0
+SKIPPED = "skipped"  # read past: gone from the log before this destination read it
+REMOVED_BY_RETENTION = "removed_by_retention"
 
 
 class _Head(msgspec.Struct):
@@ -232,7 +234,7 @@ class Lane:
     async def run(self) -> None:
         router, route = self.router, self.route
         consumer: PartitionConsumer = router.events.consumer(route.group, self.partition)
-        await consumer.open()
+        position = await consumer.open()
         me = asyncio.current_task()
         key = (route.id, self.partition)
         loop = asyncio.get_running_loop()
@@ -253,6 +255,9 @@ class Lane:
                         await consumer.commit(done)
                         done = None
                     continue
+                if batches[0].base_offset > position:
+                    self._skipped(batches[0].base_offset - position)
+                position = max(position, batches[-1].end_offset)
                 await self.deliver(batches)
                 if not router.holds(self.partition) or router._lanes.get(key) is not me:
                     return  # revoked meanwhile: the next owner delivers from the commit
@@ -305,6 +310,16 @@ class Lane:
                 if event.message_id not in replayed:
                     count(tally, route, event, AWAITING_RETRY, WAITING_FOR_EARLIER)
         self.delivered_to = batches[-1].end_offset
+
+    def _skipped(self, offsets: int) -> None:
+        """Retention removed what this lane had not read yet: say so, and count it."""
+        route = self.route
+        log.error(
+            "destination %s partition %d: %d offsets of events were removed by retention "
+            "before this destination read them (log.retention); they are skipped",
+            route.spec.name, self.partition, offsets,
+        )  # fmt: skip
+        self.router.metrics.count(route.stage, "", SKIPPED, REMOVED_BY_RETENTION, offsets)
 
     async def settle(self) -> None:
         """Keep the retry jobs of what was delivered, then record its counts."""
