@@ -210,3 +210,25 @@ def test_reading_across_many_segments(tmp_path: Path) -> None:
 def test_reader_of_a_missing_log_says_so(tmp_path: Path) -> None:
     with pytest.raises(LogLayoutError, match="no log at"):
         EmbeddedLogReader(tmp_path / "nowhere")
+
+
+def test_consumers_reading_the_same_batches_share_one_decoding(
+    root: Path, reader: EmbeddedLogReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several consumer groups of one reader (a router's lanes of several destinations) read
+    each batch within moments: it is read from disk and decoded once, within a byte budget."""
+    first = reader.read(0, 0)
+    again = reader.read(0, 3)
+    assert [b.records for b in again] == [b.records for b in first[1:]]
+    assert all(a.records is b.records for a, b in zip(again, first[1:], strict=True))
+    unstamped = reader.read(0, 0, stamped=False)  # decoded as asked, not taken from the stamped
+    assert all(u.records is not f.records for u, f in zip(unstamped, first, strict=True))
+
+    monkeypatch.setattr("headwater.log.embedded.reader.RECENT_BYTES", 0)  # nothing is kept
+    other = EmbeddedLogReader(root)
+    try:
+        one, two = other.read(0, 0), other.read(0, 0)
+        assert [b.records for b in one] == [b.records for b in two]
+        assert all(a.records is not b.records for a, b in zip(one, two, strict=True))
+    finally:
+        other.close()

@@ -104,7 +104,6 @@ class Router:
         self._retriers: dict[str, asyncio.Task[None]] = {}
         self._batchers: dict[str, RequestBatcher] = {}
         self._partitions: set[int] = set()
-        self._draining = False
         self.errors = 0
 
     def start(self) -> None:
@@ -151,12 +150,12 @@ class Router:
 
     async def replace_routes(self, routes: list[Route]) -> None:
         """Deliver to `routes` from now on. Routes made again the same keep running; the
-        others' lanes and retriers stop (the lanes of a changed one start again from its
-        committed offsets, so what was in flight is delivered again)."""
+        others' lanes drain (as on `stop`) and their retriers stop; the lanes of a changed
+        route start again from its committed offsets."""
         kept = {r.id: r for r in self.routes}
         same = {r.id for r in routes if r.id in kept and kept[r.id].version == r.version}
         gone = [r for r in self.routes if r.id not in same]
-        await self._stop_routes(gone)
+        await self._stop_routes(gone, DRAIN_S)
         self.routes = [kept[r.id] if r.id in same else r for r in routes]
         for route in self.routes:
             if route.id not in same:
@@ -168,17 +167,17 @@ class Router:
         """Stop: lanes finish the unit in hand and settle it (for up to `drain_s`, so a
         restart delivers nothing twice), then every lane and retrier stops and the
         destinations close."""
-        self._draining = True
-        lanes = [t for t in self._lanes.values() if not t.done()]
+        await self._stop_routes(self.routes, drain_s)
+
+    async def _stop_routes(self, routes: list[Route], drain_s: float = 0.0) -> None:
+        ids = {r.id for r in routes}
+        lanes = [t for (rid, _p), t in self._lanes.items() if rid in ids]
+        # a lane that is no longer in `_lanes` finishes its unit, settles it and ends
+        self._lanes = {k: t for k, t in self._lanes.items() if k[0] not in ids}
         if lanes and drain_s > 0:
             await asyncio.wait(lanes, timeout=drain_s)
-        await self._stop_routes(self.routes)
-
-    async def _stop_routes(self, routes: list[Route]) -> None:
-        ids = {r.id for r in routes}
-        tasks = [t for (rid, _p), t in self._lanes.items() if rid in ids]
+        tasks = [t for t in lanes if not t.done()]
         tasks += [t for rid, t in self._retriers.items() if rid in ids]
-        self._lanes = {k: t for k, t in self._lanes.items() if k[0] not in ids}
         self._retriers = {k: t for k, t in self._retriers.items() if k not in ids}
         while tasks:  # cancelled again until they end (see `StageRunner.revoke`)
             for task in tasks:
@@ -241,14 +240,10 @@ class Lane:
         done: int | None = None  # delivered up to here, not committed yet
         settled_at = loop.time()
         try:
-            while (
-                not router._draining
-                and router.holds(self.partition)
-                and router._lanes.get(key) is me
-            ):
+            while router.holds(self.partition) and router._lanes.get(key) is me:
                 batches = await consumer.fetch(MAX_BATCHES, FETCH_TIMEOUT_S)
-                if router._draining:
-                    break  # stopping: what was just fetched is left for the next router
+                if router._lanes.get(key) is not me:
+                    break  # stopping: what was just fetched is left for the next reader
                 if not batches:
                     if done is not None:  # idle: nothing is left unsettled for long
                         await self.settle()
@@ -259,15 +254,14 @@ class Lane:
                     self._skipped(batches[0].base_offset - position)
                 position = max(position, batches[-1].end_offset)
                 await self.deliver(batches)
-                if not router.holds(self.partition) or router._lanes.get(key) is not me:
-                    return  # revoked meanwhile: the next owner delivers from the commit
                 done = batches[-1].end_offset
                 if loop.time() - settled_at >= SETTLE_EVERY_S:
                     await self.settle()
                     await consumer.commit(done)
                     done, settled_at = None, loop.time()
         finally:
-            # stopped or revoked: what was delivered is settled (the rest is delivered again)
+            # stopped, drained or revoked: what was delivered is settled and committed (the
+            # rest is delivered again by the next reader)
             with contextlib.suppress(Exception):
                 await self.settle()
                 if done is not None:

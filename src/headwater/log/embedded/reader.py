@@ -7,14 +7,20 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import msgspec
 
 from headwater.log.embedded.store import LogFiles, connect, stored_partitions
-from headwater.log.records import RecordBatch, decode_batch
+from headwater.log.records import Record, RecordBatch, decode_batch
 
 log = logging.getLogger(__name__)
+
+# Batches decoded lately, kept for other consumers of this reader that read them next (the
+# router's lanes of several destinations read each batch of `events` within moments of each
+# other): payload bytes at most.
+RECENT_BYTES = 16 * 1024 * 1024
 
 
 class EmbeddedLogReader:
@@ -32,6 +38,8 @@ class EmbeddedLogReader:
         self._commit_lock = threading.Lock()
         self._commit_conn: sqlite3.Connection | None = None
         self._fds: dict[int, int] = {}
+        self._recent: OrderedDict[tuple[int, int, bool], tuple[list[Record], int]] = OrderedDict()
+        self._recent_bytes = 0
         self.corrupt_batches = 0
 
     @property
@@ -54,27 +62,42 @@ class EmbeddedLogReader:
         batches: list[RecordBatch] = []
         total = 0
         for end_offset, count, segment, position, length in rows:
-            payload = self._pread(segment, position, length)
-            if payload is None:  # removed by retention after the query: read again from there
-                break
             base = end_offset - count
-            try:
-                records = decode_batch(payload, stamped)
-            except msgspec.DecodeError:
-                self.corrupt_batches += 1
-                log.error(
-                    "unreadable batch in partition %d at offsets %d-%d (segment %d); skipped",
-                    partition,
-                    base,
-                    end_offset,
-                    segment,
-                )
-                records = []
+            found = self._recent.get((partition, end_offset, stamped))
+            if found is not None:
+                records = found[0]
+            else:
+                payload = self._pread(segment, position, length)
+                if payload is None:  # removed by retention after the query: read again there
+                    break
+                records = self._decode(payload, stamped, partition, base, end_offset, segment)
+                self._remember((partition, end_offset, stamped), records, length)
             batches.append(RecordBatch(partition, base, records, count))
             total += count
             if total >= max_records:
                 break
         return batches
+
+    def _decode(
+        self, payload: bytes, stamped: bool, partition: int, base: int, end: int, segment: int
+    ) -> list[Record]:
+        try:
+            return decode_batch(payload, stamped)
+        except msgspec.DecodeError:
+            self.corrupt_batches += 1
+            log.error(
+                "unreadable batch in partition %d at offsets %d-%d (segment %d); skipped",
+                partition, base, end, segment,
+            )  # fmt: skip
+            return []
+
+    def _remember(self, key: tuple[int, int, bool], records: list[Record], size: int) -> None:
+        """Keep a decoded batch for the next reader of it (records are immutable)."""
+        self._recent[key] = (records, size)
+        self._recent_bytes += size
+        while self._recent_bytes > RECENT_BYTES:
+            _key, (_records, n) = self._recent.popitem(last=False)
+            self._recent_bytes -= n
 
     def end_offsets(self) -> list[int]:
         rows = self._conn.execute(
