@@ -5,10 +5,11 @@ For each (destination, partition) a *lane* consumes `events` as the consumer gro
 `router-<destination id>`: it fetches record batches, keeps the events of the destination's
 sources that its filter lets through (the others are counted `filtered` with a reason), and
 tries each once: the destination's lanes share a `batcher.RequestBatcher`, which sends their
-events in requests of up to `max_batch`, `max_in_flight` at once. Events
-that fail for now are kept as retry jobs in the delivery state; only then does the lane count
-the unit and commit its offset. A crash replays from the last commit: some events reach their
-destination twice, always with the same `messageId` (and `Idempotency-Key`).
+events in requests of up to `max_batch`, `max_in_flight` at once. Every quarter second at
+most, a lane keeps the events that failed for now as retry jobs in the delivery state, counts
+what it delivered, and only then commits its offset (`Lane.settle`). A crash replays from the
+last commit: some events reach their destination twice, always with the same `messageId` (and
+`Idempotency-Key`); a stop drains first, so a clean restart repeats nothing.
 
 For each destination a *retrier* takes the jobs that are due, tries them again, and either
 forgets them (delivered, or refused for good), schedules them again with backoff, or turns them
