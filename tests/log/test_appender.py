@@ -4,6 +4,7 @@ the fsync policies."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from headwater.log.base import LogError, LogUnavailable
 from headwater.log.embedded import EmbeddedLogReader, FsyncPolicy, SegmentAppender
+from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.store import LogLayoutError
 from headwater.log.records import partition_for
 from tests.log._helpers import (
@@ -307,3 +309,52 @@ def test_large_group_with_many_runs_is_stored_whole(root: Path) -> None:
     assert partition_ids(reader, 1) == [f"g{i}" for i in range(1, 1500, 2)]
     assert [len(read_all(reader, p)) for p in range(2)] == [1, 1]
     reader.close()
+
+
+def test_commit_each_stores_several_producers_in_one_commit(tmp_path: Path) -> None:
+    root = tmp_path / "log"
+    appender = SegmentAppender(root, settings(partitions=2))
+    assert appender.commit([[run_of(0, ["a1"])]], ("stage-a", 1)) == 1
+    kept = appender.commit_each(
+        [
+            ([run_of(0, ["a1"])], ("stage-a", 1)),  # a replay: its mark is there already
+            ([run_of(1, ["b1"])], ("stage-b", 1)),
+            ([run_of(0, ["a2"])], ("stage-a", 2)),
+            ([run_of(0, ["a2"])], ("stage-a", 2)),  # the same seq again, in the same call
+            ([run_of(1, ["free"])], None),  # no producer: always stored
+        ]
+    )
+    assert kept == [False, True, True, False, True]
+    assert appender.commits == 2  # the five appends were one commit
+    assert appender.produced("stage-a") == 2 and appender.produced("stage-b") == 1
+    appender.close()
+    reader = EmbeddedLogReader(root)
+    assert partition_ids(reader, 0) == ["a1", "a2"]
+    assert partition_ids(reader, 1) == ["b1", "free"]
+    reader.close()
+
+
+def test_appends_of_several_tasks_share_commits(tmp_path: Path) -> None:
+    """A stage's partitions append concurrently: the appends that wait together go in one
+    commit (one fsync), and each keeps its own producer mark."""
+
+    async def go() -> tuple[int, list[str]]:
+        log = EmbeddedLog("events", tmp_path / "events", settings(partitions=4))
+        try:
+            await log.append([run_of(0, ["p0-1"])], "stage-p0", 1)
+            await asyncio.gather(
+                *(log.append([run_of(p, [f"p{p}-2"])], f"stage-p{p}", 2) for p in range(4)),
+                log.append([run_of(0, ["p0-1"])], "stage-p0", 1),  # a replay, stored nothing
+            )
+            assert log._appender is not None
+            commits = log._appender.commits
+            ids = [i for p in range(4) for b in await log.read(p, 0) for i in ids_of(b)]
+            with pytest.raises(ValueError, match="no partition 9"):
+                await log.append([run_of(9, ["x"])])
+            return commits, ids
+        finally:
+            await log.close()
+
+    commits, ids = asyncio.run(go())
+    assert commits == 2  # 6 appends: the first alone, the other five together
+    assert ids == ["p0-1", "p0-2", "p1-2", "p2-2", "p3-2"]

@@ -142,24 +142,31 @@ class SegmentAppender:
         idempotent append: see `headwater.log.base.Log`). Raises `LogError` when nothing could
         be stored.
         """
+        runs = [run for group in groups for run in group]
         with self._mutex:
-            return self._commit(groups, producer)
+            return self._commit([(runs, producer)])[0]
 
-    def _commit(self, groups: Iterable[list[Run]], producer: tuple[str, int] | None) -> int:
+    def commit_each(self, items: list[tuple[list[Run], tuple[str, int] | None]]) -> list[bool]:
+        """Durably store several producers' appends in one commit (one write, one fsync):
+        each item's runs are stored unless its producer's mark is already at its `seq` or
+        beyond (as in `commit`). Returns which items were stored; raises `LogError` when
+        nothing could be stored."""
+        with self._mutex:
+            return self._commit(items)[1]
+
+    def _commit(
+        self, items: list[tuple[list[Run], tuple[str, int] | None]]
+    ) -> tuple[int, list[bool]]:
         if self.fatal is not None:
             raise LogUnavailable(self.fatal, retry_after=5)
         self._check_disk()
         partitions = self.settings.partitions
-        merged: list[list[bytes | memoryview]] = [[] for _ in range(partitions)]
-        counts = [0] * partitions
-        for runs in groups:
+        for runs, _producer in items:
             for run in runs:
                 if not 0 <= run.partition < partitions:
                     raise ValueError(f"no partition {run.partition}: the log has {partitions}")
-                merged[run.partition].append(run.payload)
-                counts[run.partition] += run.count
         try:
-            stored = self._write(merged, counts, producer)
+            stored, kept = self._write(items)
         except LogError:
             raise
         except (OSError, sqlite3.Error) as exc:
@@ -167,7 +174,7 @@ class SegmentAppender:
             raise LogUnavailable(f"log commit failed: {exc}", retry_after=1) from exc
         self.commits += 1
         self.committed_records += stored
-        return stored
+        return stored, kept
 
     def sync(self) -> None:
         """Force written data to disk now (the `interval` policy's periodic step)."""
@@ -203,27 +210,24 @@ class SegmentAppender:
         return None if row is None else int(row[0])
 
     def _write(
-        self,
-        merged: list[list[bytes | memoryview]],
-        counts: list[int],
-        producer: tuple[str, int] | None,
-    ) -> int:
+        self, items: list[tuple[list[Run], tuple[str, int] | None]]
+    ) -> tuple[int, list[bool]]:
         now = self._clock_ms()
         conn = self._conn
+        partitions = self.settings.partitions
         with self._files.write_lock():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if producer is not None:
-                    mark = conn.execute(
-                        "SELECT seq FROM producers WHERE producer=?", (producer[0],)
-                    ).fetchone()
-                    if mark is not None and mark[0] >= producer[1]:
-                        conn.execute("ROLLBACK")
-                        return 0
-                    conn.execute("INSERT OR REPLACE INTO producers VALUES(?,?,?)", (*producer, now))
+                kept = self._keep_marked(conn, items, now)
+                merged: list[list[bytes | memoryview]] = [[] for _ in range(partitions)]
+                counts = [0] * partitions
+                for (item_runs, _producer), keep in zip(items, kept, strict=True):
+                    for run in item_runs if keep else ():
+                        merged[run.partition].append(run.payload)
+                        counts[run.partition] += run.count
                 if not any(merged):
                     conn.execute("COMMIT")
-                    return 0
+                    return 0, kept
                 segment, fd, start = self._current_segment(conn, now)
                 next_offsets = dict(conn.execute("SELECT partition, next_offset FROM partitions"))
                 buffers: list[bytes | memoryview] = []
@@ -265,9 +269,34 @@ class SegmentAppender:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-        return sum(row[2] for row in rows)
+        return sum(row[2] for row in rows), kept
+
+    @staticmethod
+    def _keep_marked(
+        conn: sqlite3.Connection, items: list[tuple[list[Run], tuple[str, int] | None]], now: int
+    ) -> list[bool]:
+        """Which items to store (a producer's mark below their `seq`), and their new marks
+        written, in the open transaction."""
+        kept: list[bool] = []
+        marks: dict[str, int | None] = {}
+        for _runs, producer in items:
+            if producer is None:
+                kept.append(True)
+                continue
+            name, seq = producer
+            if name not in marks:
+                row = conn.execute("SELECT seq FROM producers WHERE producer=?", (name,)).fetchone()
+                marks[name] = None if row is None else int(row[0])
+            current = marks[name]
+            keep = current is None or current < seq
+            if keep:
+                marks[name] = seq
+                conn.execute("INSERT OR REPLACE INTO producers VALUES(?,?,?)", (name, seq, now))
+            kept.append(keep)
+        return kept
 
     def _write_all(self, fd: int, chunks: list[bytes | memoryview], position: int) -> None:
         """Write `chunks` contiguously at `position` (over anything a dead writer left there)."""

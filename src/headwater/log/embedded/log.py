@@ -1,8 +1,9 @@
 """The embedded backend behind the `Log` interface that stages use.
 
-A stage process appends to its output log directly (`SegmentAppender`, one commit per call, in a
-thread so the event loop keeps running) and reads its input with `EmbeddedLogReader`. Offsets
-count records; consumer groups commit into the log's own index.
+A stage process appends to its output log directly (`SegmentAppender`, in a thread so the event
+loop keeps running; the appends its partitions make while a commit is under way go together in
+the next one, each with its own producer mark) and reads its input with `EmbeddedLogReader`.
+Offsets count records; consumer groups commit into the log's own index.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from headwater.log.base import LogUnavailable
 from headwater.log.embedded.appender import AppendSettings, SegmentAppender
 from headwater.log.embedded.reader import EmbeddedLogReader
 from headwater.log.embedded.store import open_log
@@ -31,6 +33,9 @@ class EmbeddedLog:
         self._settings = settings
         self._appender: SegmentAppender | None = None
         self._lock = asyncio.Lock()
+        # appends waiting for the next commit: (runs, producer mark, caller's future)
+        self._waiting: list[tuple[list[Run], tuple[str, int] | None, asyncio.Future[None]]] = []
+        self._committing: asyncio.Task[None] | None = None
 
     def _writer(self) -> SegmentAppender:
         if self._appender is None:
@@ -38,10 +43,36 @@ class EmbeddedLog:
         return self._appender
 
     async def append(self, runs: list[Run], producer: str | None = None, seq: int = 0) -> None:
-        mark = None if producer is None else (producer, seq)
-        async with self._lock:  # one commit at a time per process; commits are group-sized
-            writer = self._writer()
-            await asyncio.to_thread(writer.commit, [runs], mark)
+        """Durably append `runs`: the appends of this process's tasks that wait together go
+        in one commit (one write, one fsync), each with its own producer mark."""
+        for run in runs:  # a bad append fails alone, not the commit it would share
+            if not 0 <= run.partition < self.partitions:
+                raise ValueError(f"no partition {run.partition}: the log has {self.partitions}")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((runs, None if producer is None else (producer, seq), done))
+        if self._committing is None or self._committing.done():
+            self._committing = loop.create_task(self._commit_waiting())
+        await asyncio.shield(done)
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                async with self._lock:  # one commit at a time per process
+                    writer = self._writer()
+                    await asyncio.to_thread(writer.commit_each, [(r, m) for r, m, _d in group])
+            except BaseException as exc:
+                failure = exc if isinstance(exc, Exception) else LogUnavailable("log closed")
+                for *_item, done in group:
+                    if not done.done():
+                        done.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for *_item, done in group:
+                    if not done.done():
+                        done.set_result(None)
 
     async def produced(self, producer: str) -> int | None:
         async with self._lock:
@@ -72,6 +103,8 @@ class EmbeddedLog:
         return self._reader.size_bytes()
 
     async def close(self) -> None:
+        if self._committing is not None:
+            await asyncio.wait({self._committing})
         async with self._lock:
             if self._appender is not None:
                 self._appender.close()
