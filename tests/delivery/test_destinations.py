@@ -228,6 +228,20 @@ def test_timeout_as_number() -> None:
     assert time.monotonic() - start < 0.65
 
 
+def test_requests_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Receiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        (result,) = deliver(webhook("http://hooks.example.invalid/in"), [event(1)])
+        assert result.outcome == DELIVERED
+        (request,) = proxy.requests  # a proxy request names the whole URL
+        assert request.path == "http://hooks.example.invalid/in"
+        assert request.json()["messageId"] == "msg-1"
+
+
 def test_connection_refused() -> None:
     ev = event(1)
     (result,) = deliver(webhook(unused_url()), [ev])

@@ -5,7 +5,8 @@ headers, and one request turned into a `Result`.
 connections), made on first use inside the running loop and closed by `close()`. aiohttp costs
 the router about a sixth of the CPU per request of httpx (see BENCHMARKS.md, "Delivery"). A
 request gets `timeout` seconds from start to the last byte of the answer; redirects are not
-followed (a 3xx is an answer like any other); a timeout or a server that cannot be reached is a
+followed (a 3xx is an answer like any other); the `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`
+environment variables apply; a timeout or a server that cannot be reached is a
 retryable failure, any answer is classified by `model.classify`.
 """
 
@@ -199,6 +200,7 @@ class HttpSender:
                 headers=self._auth,
                 auto_decompress=False,
                 skip_auto_headers=("Accept",),
+                trust_env=True,  # HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply
             )
         return self._session
 
