@@ -17,11 +17,13 @@ from typing import Any
 from headwater.accounting.store import Retention, SqliteAccountingStore
 from headwater.accounting.tally import now_ms
 from headwater.config import DestinationConfig, FilterConfig
-from headwater.control.store import stable_id
+from headwater.control.destinations import DestinationCatalog
+from headwater.control.store import ControlStore, stable_id
 from headwater.delivery.attempts import Backoff
 from headwater.delivery.metrics import DeliveryMetrics
 from headwater.delivery.model import Event
 from headwater.delivery.retrier import Retrier
+from headwater.delivery.role import current_routes, follow_destinations
 from headwater.delivery.router import DRAIN_S, Lane, Router
 from headwater.delivery.routes import Route, make_route
 from headwater.delivery.state import DeliveryState, RetryJob
@@ -31,6 +33,7 @@ from headwater.log.embedded.log import EmbeddedLog
 from headwater.log.embedded.retention import enforce_retention
 from headwater.log.records import Run, encode_run
 from headwater.observability.metrics import merge, quantile, render
+from headwater.paths import DataPaths
 from tests.delivery.receiver import Receiver, Reply
 from tests.processing._helpers import settings
 
@@ -584,4 +587,37 @@ def test_events_removed_by_retention_before_a_destination_read_them_are_counted(
         (hook.stage, WEB, "delivered", ""): len(got),
         (hook.stage, "", "skipped", "removed_by_retention"): skipped,
     }
+    h.close()
+
+
+def test_a_destination_made_while_the_router_starts_is_not_missed(tmp_path: Path) -> None:
+    """The router makes its routes at start and then follows the control plane: a destination
+    made in between (the admin API answering while the router still starts) is applied."""
+    paths = DataPaths(tmp_path)
+    store = ControlStore(paths.control_db)
+    store.create_workspace(WS)
+    store.create_source(WS, "web")
+    seen, routes = current_routes(paths)  # the router starts: no destination yet
+    hook = DestinationConfig(name="Late", type="webhook", settings={"url": "http://127.0.0.1:9/"})
+    DestinationCatalog(store).create(WS, hook)  # made before the router follows
+    store.close()
+    h = Harness(tmp_path)
+
+    async def go() -> list[str]:
+        router = Router(routes, h.events, h.state, h.accounting)
+        follow = asyncio.get_running_loop().create_task(
+            follow_destinations(router, paths, seen, every=0.05)
+        )
+        try:
+            deadline = time.monotonic() + 5
+            while not router.routes:
+                assert time.monotonic() < deadline, "the destination was never applied"
+                await asyncio.sleep(0.02)
+            return [r.spec.name for r in router.routes]
+        finally:
+            follow.cancel()
+            await router.stop()
+
+    assert routes == []
+    assert asyncio.run(go()) == ["Late"]
     h.close()

@@ -20,14 +20,15 @@ STAGE = "router"
 
 async def run_on_jetstream(
     config: Config,
-    routes: list[Route],
+    routes: tuple[tuple[int, ...], list[Route]],
     state: DeliveryState,
     accounting: AccountingStore,
     stop: asyncio.Event,
     member: str | None,
     paths: DataPaths,
 ) -> None:
-    """Deliver the partitions this router holds a lease on until `stop` is set."""
+    """Deliver the partitions this router holds a lease on until `stop` is set (`routes`:
+    the control plane's version and the routes made from it, `role.current_routes`)."""
     from headwater.delivery.role import new_router
     from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, ensure_log
     from headwater.log.jetstream.leases import LeaseManager, lease_bucket

@@ -70,7 +70,10 @@ def make_routes(paths: DataPaths) -> list[Route]:
     ]
 
 
-def control_version(paths: DataPaths) -> tuple[int, ...]:
+Version = tuple[int, ...]
+
+
+def control_version(paths: DataPaths) -> Version:
     """Changes when destinations or sources change (what `make_routes` reads)."""
     control = ControlStore(paths.control_db)
     try:
@@ -79,19 +82,24 @@ def control_version(paths: DataPaths) -> tuple[int, ...]:
         control.close()
 
 
+def current_routes(paths: DataPaths) -> tuple[Version, list[Route]]:
+    """The control plane's version, then the routes it holds: a change made in between is
+    newer than the version, so `follow_destinations` applies it."""
+    version = control_version(paths)
+    return version, make_routes(paths)
+
+
 async def follow_destinations(
-    router: Router, paths: DataPaths, every: float = FOLLOW_EVERY_S
+    router: Router, paths: DataPaths, seen: Version, every: float = FOLLOW_EVERY_S
 ) -> None:
-    """Apply destinations changed in the control plane (admin API) within `every` seconds."""
-    seen = await asyncio.to_thread(control_version, paths)
+    """Apply destinations changed in the control plane (admin API) since `seen`, the version
+    the router's routes were made from, within `every` seconds."""
     while True:
         await asyncio.sleep(every)
         try:
-            now = await asyncio.to_thread(control_version, paths)
-            if now != seen:
-                routes = await asyncio.to_thread(make_routes, paths)
+            if await asyncio.to_thread(control_version, paths) != seen:
+                seen, routes = await asyncio.to_thread(current_routes, paths)
                 await router.replace_routes(routes)
-                seen = now
                 log.info("router: destinations changed; delivering to %d", len(routes))
         except Exception:
             log.exception("router: reading the destinations failed; trying again")
@@ -100,19 +108,20 @@ async def follow_destinations(
 def new_router(
     config: Config,
     paths: DataPaths,
-    routes: list[Route],
+    routes: tuple[Version, list[Route]],
     events: Log,
     state: DeliveryState,
     accounting: AccountingStore,
 ) -> tuple[Router, list[asyncio.Task[None]]]:
     """A router over `events`, and its background tasks (metrics snapshots, following the
     control plane's destinations): cancel them when the router stops."""
+    seen, now = routes
     metrics = DeliveryMetrics()
-    router = Router(routes, events, state, accounting, backoff=backoff_of(config), metrics=metrics)
+    router = Router(now, events, state, accounting, backoff=backoff_of(config), metrics=metrics)
     loop = asyncio.get_running_loop()
     background = [
         loop.create_task(metrics.flush_forever(paths.metrics_dir)),
-        loop.create_task(follow_destinations(router, paths)),
+        loop.create_task(follow_destinations(router, paths, seen)),
     ]
     return router, background
 
@@ -121,8 +130,8 @@ async def run_router(
     config: Config, paths: DataPaths, stop: asyncio.Event, *, member: str | None = None
 ) -> None:
     """Deliver until `stop` is set."""
-    routes = make_routes(paths)
-    if not routes:
+    routes = current_routes(paths)
+    if not routes[1]:
         log.info("router: no destination is configured yet; waiting for some")
     state = delivery_state(config, paths)
     accounting = open_accounting(config, paths)
@@ -140,7 +149,7 @@ async def run_router(
 async def _run_embedded(
     paths: DataPaths,
     config: Config,
-    routes: list[Route],
+    routes: tuple[Version, list[Route]],
     state: DeliveryState,
     accounting: AccountingStore,
     stop: asyncio.Event,
@@ -159,7 +168,7 @@ async def _run_embedded(
             router.start()
             for p in range(events.partitions):
                 router.assign(p)
-            log.info("router delivering to %d destinations", len(routes))
+            log.info("router delivering to %d destinations", len(routes[1]))
             await stop.wait()
         finally:
             for task in background:
