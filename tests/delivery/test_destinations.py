@@ -242,6 +242,15 @@ def test_requests_go_through_the_proxy_the_environment_names(
         assert request.json()["messageId"] == "msg-1"
 
 
+def test_hosts_no_proxy_names_are_reached_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", unused_url())  # would refuse the connection
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with Receiver() as rx:
+        (result,) = deliver(webhook(rx.url), [event(1)])
+        assert result.outcome == DELIVERED
+        assert rx.requests[0].path == "/"
+
+
 def test_connection_refused() -> None:
     ev = event(1)
     (result,) = deliver(webhook(unused_url()), [ev])

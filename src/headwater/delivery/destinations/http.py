@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import re
+import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,6 +157,16 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy `HTTP_PROXY` or `HTTPS_PROXY` names for `url`, unless `NO_PROXY` leaves it
+    out. (aiohttp's `trust_env` would work it out again for every request.)"""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy
+
+
 def basic_auth(user: str, password: str) -> str:
     """The `Authorization` header value of HTTP basic auth."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
@@ -190,6 +201,7 @@ class HttpSender:
         # HTTP basic auth: a header of every request
         self._auth = {"Authorization": basic_auth(*auth)} if auth else None
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, str | None] = {}  # by URL: what the environment says
 
     def session(self) -> aiohttp.ClientSession:
         """The pool, made on first use (so inside the loop that uses it)."""
@@ -200,7 +212,6 @@ class HttpSender:
                 headers=self._auth,
                 auto_decompress=False,
                 skip_auto_headers=("Accept",),
-                trust_env=True,  # HTTP_PROXY, HTTPS_PROXY and NO_PROXY apply
             )
         return self._session
 
@@ -208,8 +219,11 @@ class HttpSender:
         """One request: delivered on 2xx, else what `classify` or the failure makes of it."""
         try:
             async with asyncio.timeout(self.timeout):
+                proxy = self._proxies.get(url, "")
+                if proxy == "":
+                    proxy = self._proxies[url] = proxy_for(url)
                 async with self.session().request(
-                    method, url, data=body, headers=headers, allow_redirects=False
+                    method, url, data=body, headers=headers, allow_redirects=False, proxy=proxy
                 ) as response:
                     answer = bytearray()
                     async for chunk in response.content.iter_any():
