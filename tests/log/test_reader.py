@@ -212,23 +212,22 @@ def test_reader_of_a_missing_log_says_so(tmp_path: Path) -> None:
         EmbeddedLogReader(tmp_path / "nowhere")
 
 
-def test_consumers_reading_the_same_batches_share_one_decoding(
-    root: Path, reader: EmbeddedLogReader, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_consumers_reading_the_same_batches_share_one_decoding(root: Path) -> None:
     """Several consumer groups of one reader (a router's lanes of several destinations) read
-    each batch within moments: it is read from disk and decoded once, within a byte budget."""
-    first = reader.read(0, 0)
-    again = reader.read(0, 3)
-    assert [b.records for b in again] == [b.records for b in first[1:]]
-    assert all(a.records is b.records for a, b in zip(again, first[1:], strict=True))
-    unstamped = reader.read(0, 0, stamped=False)  # decoded as asked, not taken from the stamped
-    assert all(u.records is not f.records for u, f in zip(unstamped, first, strict=True))
-
-    monkeypatch.setattr("headwater.log.embedded.reader.RECENT_BYTES", 0)  # nothing is kept
-    other = EmbeddedLogReader(root)
+    each batch within moments: with `recent_bytes`, it is read and decoded once."""
+    sharing = EmbeddedLogReader(root, recent_bytes=1 << 20)
     try:
-        one, two = other.read(0, 0), other.read(0, 0)
-        assert [b.records for b in one] == [b.records for b in two]
-        assert all(a.records is not b.records for a, b in zip(one, two, strict=True))
+        first = sharing.read(0, 0)
+        again = sharing.read(0, 3)
+        assert [b.records for b in again] == [b.records for b in first[1:]]
+        assert all(a.records is b.records for a, b in zip(again, first[1:], strict=True))
+        unstamped = sharing.read(0, 0, stamped=False)  # decoded as asked, not as the stamped
+        assert all(u.records is not f.records for u, f in zip(unstamped, first, strict=True))
     finally:
-        other.close()
+        sharing.close()
+
+
+def test_a_reader_keeps_no_decoded_batches_unless_asked(reader: EmbeddedLogReader) -> None:
+    one, two = reader.read(0, 0), reader.read(0, 0)
+    assert [b.records for b in one] == [b.records for b in two]
+    assert all(a.records is not b.records for a, b in zip(one, two, strict=True))

@@ -28,6 +28,7 @@ from headwater.delivery.state import DeliveryState
 from headwater.delivery.states import open_delivery_state
 from headwater.log.base import Log
 from headwater.log.embedded.log import EmbeddedLog
+from headwater.log.embedded.reader import RECENT_BYTES
 from headwater.log.factory import append_settings
 from headwater.paths import DataPaths
 
@@ -162,7 +163,9 @@ async def _run_embedded(
                 await asyncio.wait_for(stop.wait(), 2.0)
             if stop.is_set():
                 return
-        events = EmbeddedLog("events", paths.log_dir("events"), append_settings(config))
+        events = EmbeddedLog(  # every destination's lanes read each batch: decode it once
+            "events", paths.log_dir("events"), append_settings(config), recent_bytes=RECENT_BYTES
+        )
         router, background = new_router(config, paths, routes, events, state, accounting)
         try:
             router.start()

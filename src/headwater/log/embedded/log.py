@@ -22,13 +22,21 @@ class EmbeddedLog:
     """One embedded log (`<data>/log/<name>/`), created if missing."""
 
     def __init__(
-        self, name: str, root: Path, settings: AppendSettings, create: bool = True
+        self,
+        name: str,
+        root: Path,
+        settings: AppendSettings,
+        create: bool = True,
+        recent_bytes: int = 0,
     ) -> None:
+        """`recent_bytes`: see `EmbeddedLogReader` (for several consumer groups that read the
+        same batches at about the same time)."""
         self.name = name
         self.root = root
         if create:
             open_log(root, settings.partitions).close()
-        self._reader = EmbeddedLogReader(root)  # raises LogLayoutError if there is no log
+        # raises LogLayoutError if there is no log
+        self._reader = EmbeddedLogReader(root, recent_bytes)
         self.partitions = self._reader.partitions
         self._settings = settings
         self._appender: SegmentAppender | None = None

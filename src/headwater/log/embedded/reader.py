@@ -17,9 +17,9 @@ from headwater.log.records import Record, RecordBatch, decode_batch
 
 log = logging.getLogger(__name__)
 
-# Batches decoded lately, kept for other consumers of this reader that read them next (the
-# router's lanes of several destinations read each batch of `events` within moments of each
-# other): payload bytes at most.
+# What a reader that keeps decoded batches for its other consumers (`recent_bytes`) keeps, in
+# payload bytes: the router's lanes of several destinations read each batch of `events` within
+# moments of each other.
 RECENT_BYTES = 16 * 1024 * 1024
 
 
@@ -30,8 +30,11 @@ class EmbeddedLogReader:
     an offset that retention has removed continues at the oldest retained offset.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, recent_bytes: int = 0) -> None:
+        """`recent_bytes`: keep batches decoded lately, up to that many payload bytes, for
+        this reader's other consumers (0: keep none; each consumer reads its own)."""
         self._partitions = stored_partitions(root)
+        self._recent_limit = recent_bytes
         self._files = LogFiles(root)
         self._conn: sqlite3.Connection = connect(self._files, synchronous="NORMAL")
         # commits have their own connection, so a thread can commit while the loop reads
@@ -93,9 +96,11 @@ class EmbeddedLogReader:
 
     def _remember(self, key: tuple[int, int, bool], records: list[Record], size: int) -> None:
         """Keep a decoded batch for the next reader of it (records are immutable)."""
+        if size > self._recent_limit:
+            return
         self._recent[key] = (records, size)
         self._recent_bytes += size
-        while self._recent_bytes > RECENT_BYTES:
+        while self._recent_bytes > self._recent_limit:
             _key, (_records, n) = self._recent.popitem(last=False)
             self._recent_bytes -= n
 
