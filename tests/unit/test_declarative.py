@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,13 +16,6 @@ from headwater.config import Config
 from headwater.control.declarative import apply_config
 from headwater.control.store import ControlError, ControlStore, now_ms
 from headwater.gateway.keys import KeyCache
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[ControlStore]:
-    s = ControlStore(tmp_path / "control.db")
-    yield s
-    s.close()
 
 
 def config(*workspaces: dict[str, Any]) -> Config:

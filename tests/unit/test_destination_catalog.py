@@ -30,13 +30,6 @@ HOOK = {"url": "http://127.0.0.1:9/in"}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ControlStore]:
-    s = ControlStore(tmp_path / "control.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def catalog(store: ControlStore) -> DestinationCatalog:
     """A catalog over workspaces acme (sources web, app) and other (source web)."""
     store.create_workspace("acme")

@@ -42,13 +42,6 @@ BLOCK = Enforcement(unplanned_events="block")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ControlStore]:
-    s = ControlStore(tmp_path / "control.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def catalog(store: ControlStore) -> PlanCatalog:
     """A catalog over workspace `acme` with sources web, app and quarantine."""
     store.create_workspace("acme")
