@@ -195,7 +195,7 @@ def test_two_processes_on_shared_people(made: Stores, generous_: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)  # about 20 s; a loaded two-core machine took over 60 s once
 def test_two_processes_resolve_100k_events(made: Stores) -> None:
     t = time.perf_counter()
     store, conflicts, seconds = two_processes(made, 11, 100_000, 20_000, 200, True)
