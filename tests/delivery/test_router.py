@@ -621,3 +621,31 @@ def test_a_destination_made_while_the_router_starts_is_not_missed(tmp_path: Path
     assert routes == []
     assert asyncio.run(go()) == ["Late"]
     h.close()
+
+
+def test_a_stopped_router_finishes_its_retry_round(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    with Receiver(Reply(200, delay=0.3)) as rx:
+        hook = route("Hook", rx.url, settings={"batch_size": 5, "max_in_flight": 2})
+        now = now_ms()
+        h.state.add(
+            [
+                RetryJob(hook.id, Event(f"m{n}", WEB, now, f"u{n}", message(n)), 1, now, now, "x")
+                for n in range(10)
+            ]
+        )
+
+        async def go() -> None:
+            router = Router([hook], h.events, h.state, h.accounting, backoff=FAST)
+            router.start()  # its retrier only: no partition assigned
+            deadline = time.monotonic() + 10
+            while not rx.requests:  # the round's requests are in flight
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            await router.stop()
+
+        asyncio.run(go())
+        assert sorted(ids(rx)) == sorted(f"m{n}" for n in range(10))  # each once
+    assert h.state.pending() == {}  # the round ended: no job is left to be sent again
+    assert h.outcomes(hook) == {("delivered", ""): 10}
+    h.close()

@@ -56,10 +56,12 @@ class Retrier:
         self.probe = max(1, route.destination.max_batch)  # one request's worth
         self.limit = self.probe * max(1, route.destination.max_in_flight)
         self.failing = False  # the last round delivered nothing: the next one only probes
+        self.stopping = False  # set: end after the round in hand (see `Router.stop`)
 
     async def run(self) -> None:
-        """Retry forever (errors are logged, and the round is tried again later)."""
-        while True:
+        """Retry until `stopping` is set (errors are logged, and the round is tried again
+        later)."""
+        while not self.stopping:
             try:
                 if not await self.round():
                     await asyncio.sleep(await self._idle_s())

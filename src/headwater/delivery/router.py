@@ -102,7 +102,7 @@ class Router:
         self.clock = clock
         self.holds = holds
         self._lanes: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._retriers: dict[str, asyncio.Task[None]] = {}
+        self._retriers: dict[str, tuple[Retrier, asyncio.Task[None]]] = {}
         self._batchers: dict[str, RequestBatcher] = {}
         self._partitions: set[int] = set()
         self.errors = 0
@@ -116,9 +116,8 @@ class Router:
         retrier = Retrier(
             route, self.state, self.accounting, self.backoff, self.clock, self.metrics
         )
-        self._retriers[route.id] = asyncio.get_running_loop().create_task(
-            retrier.run(), name=f"retry-{route.id}"
-        )
+        task = asyncio.get_running_loop().create_task(retrier.run(), name=f"retry-{route.id}")
+        self._retriers[route.id] = (retrier, task)
 
     def batcher(self, route: Route) -> RequestBatcher:
         """The route's requests, shared by its lanes."""
@@ -172,14 +171,17 @@ class Router:
 
     async def _stop_routes(self, routes: list[Route], drain_s: float = 0.0) -> None:
         ids = {r.id for r in routes}
-        lanes = [t for (rid, _p), t in self._lanes.items() if rid in ids]
-        # a lane that is no longer in `_lanes` finishes its unit, settles it and ends
+        tasks = [t for (rid, _p), t in self._lanes.items() if rid in ids]
+        # a lane that is no longer in `_lanes` finishes its unit, settles it and ends; a
+        # retrier that is stopping finishes its round
         self._lanes = {k: t for k, t in self._lanes.items() if k[0] not in ids}
-        if lanes and drain_s > 0:
-            await asyncio.wait(lanes, timeout=drain_s)
-        tasks = [t for t in lanes if not t.done()]
-        tasks += [t for rid, t in self._retriers.items() if rid in ids]
-        self._retriers = {k: t for k, t in self._retriers.items() if k not in ids}
+        for rid in ids & self._retriers.keys():
+            retrier, task = self._retriers.pop(rid)
+            retrier.stopping = True
+            tasks.append(task)
+        if tasks and drain_s > 0:
+            await asyncio.wait(tasks, timeout=drain_s)
+        tasks = [t for t in tasks if not t.done()]
         while tasks:  # cancelled again until they end (see `StageRunner.revoke`)
             for task in tasks:
                 task.cancel()
