@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from headwater.accounting.store import AccountingStore
 from headwater.config import Config
-from headwater.delivery.routes import Route
 from headwater.delivery.state import DeliveryState
 from headwater.paths import DataPaths
+
+if TYPE_CHECKING:
+    from headwater.delivery.role import RouteSet
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +23,15 @@ STAGE = "router"
 
 async def run_on_jetstream(
     config: Config,
-    routes: tuple[tuple[int, ...], list[Route]],
+    made: RouteSet,
     state: DeliveryState,
     accounting: AccountingStore,
     stop: asyncio.Event,
     member: str | None,
     paths: DataPaths,
 ) -> None:
-    """Deliver the partitions this router holds a lease on until `stop` is set (`routes`:
-    the control plane's version and the routes made from it, `role.current_routes`)."""
+    """Deliver the partitions this router holds a lease on until `stop` is set, to the routes
+    `made` from the control plane (`role.current_routes`)."""
     from headwater.delivery.role import new_router
     from headwater.log.jetstream import JetStreamLog, JetStreamSettings, Names, ensure_log
     from headwater.log.jetstream.leases import LeaseManager, lease_bucket
@@ -46,7 +49,7 @@ async def run_on_jetstream(
         events = JetStreamLog("events", nc, settings, js)
         bucket = Names(settings.prefix).leases_bucket
         kv = await lease_bucket(js, bucket, settings.lease_ttl_s, settings.replicas)
-        router, background = new_router(config, paths, routes, events, state, accounting)
+        router, background = new_router(config, paths, made, events, state, accounting)
         leases = LeaseManager(
             js,
             kv,

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from headwater.accounting.store import AccountingStore, open_accounting
 from headwater.config import Config, parse_duration
@@ -83,11 +84,18 @@ def control_version(paths: DataPaths) -> Version:
         control.close()
 
 
-def current_routes(paths: DataPaths) -> tuple[Version, list[Route]]:
+class RouteSet(NamedTuple):
+    """Routes, and the control plane's version they were made from."""
+
+    version: Version
+    routes: list[Route]
+
+
+def current_routes(paths: DataPaths) -> RouteSet:
     """The control plane's version, then the routes it holds: a change made in between is
     newer than the version, so `follow_destinations` applies it."""
     version = control_version(paths)
-    return version, make_routes(paths)
+    return RouteSet(version, make_routes(paths))
 
 
 async def follow_destinations(
@@ -109,20 +117,21 @@ async def follow_destinations(
 def new_router(
     config: Config,
     paths: DataPaths,
-    routes: tuple[Version, list[Route]],
+    made: RouteSet,
     events: Log,
     state: DeliveryState,
     accounting: AccountingStore,
 ) -> tuple[Router, list[asyncio.Task[None]]]:
     """A router over `events`, and its background tasks (metrics snapshots, following the
     control plane's destinations): cancel them when the router stops."""
-    seen, now = routes
     metrics = DeliveryMetrics()
-    router = Router(now, events, state, accounting, backoff=backoff_of(config), metrics=metrics)
+    router = Router(
+        made.routes, events, state, accounting, backoff=backoff_of(config), metrics=metrics
+    )
     loop = asyncio.get_running_loop()
     background = [
         loop.create_task(metrics.flush_forever(paths.metrics_dir)),
-        loop.create_task(follow_destinations(router, paths, seen)),
+        loop.create_task(follow_destinations(router, paths, made.version)),
     ]
     return router, background
 
@@ -131,8 +140,8 @@ async def run_router(
     config: Config, paths: DataPaths, stop: asyncio.Event, *, member: str | None = None
 ) -> None:
     """Deliver until `stop` is set."""
-    routes = current_routes(paths)
-    if not routes[1]:
+    made = current_routes(paths)
+    if not made.routes:
         log.info("router: no destination is configured yet; waiting for some")
     state = delivery_state(config, paths)
     accounting = open_accounting(config, paths)
@@ -140,9 +149,9 @@ async def run_router(
         if config.log.backend == "jetstream":
             from headwater.delivery.fleet import run_on_jetstream
 
-            await run_on_jetstream(config, routes, state, accounting, stop, member, paths)
+            await run_on_jetstream(config, made, state, accounting, stop, member, paths)
         else:
-            await _run_embedded(paths, config, routes, state, accounting, stop)
+            await _run_embedded(paths, config, made, state, accounting, stop)
     finally:
         state.close()
 
@@ -150,7 +159,7 @@ async def run_router(
 async def _run_embedded(
     paths: DataPaths,
     config: Config,
-    routes: tuple[Version, list[Route]],
+    made: RouteSet,
     state: DeliveryState,
     accounting: AccountingStore,
     stop: asyncio.Event,
@@ -166,12 +175,12 @@ async def _run_embedded(
         events = EmbeddedLog(  # every destination's lanes read each batch: decode it once
             "events", paths.log_dir("events"), append_settings(config), recent_bytes=RECENT_BYTES
         )
-        router, background = new_router(config, paths, routes, events, state, accounting)
+        router, background = new_router(config, paths, made, events, state, accounting)
         try:
             router.start()
             for p in range(events.partitions):
                 router.assign(p)
-            log.info("router delivering to %d destinations", len(routes[1]))
+            log.info("router delivering to %d destinations", len(made.routes))
             await stop.wait()
         finally:
             for task in background:

@@ -2,8 +2,8 @@
 headers, and one request turned into a `Result`.
 
 `HttpSender` holds one `aiohttp.ClientSession` (a keep-alive pool of `max_in_flight`
-connections), made on first use inside the running loop and closed by `close()`. aiohttp costs
-the router about a sixth of the CPU per request of httpx (see BENCHMARKS.md, "Delivery"). A
+connections), made on first use inside the running loop and closed by `close()`. httpx was
+about seven times slower per request (see BENCHMARKS.md, "Delivery"). A
 request gets `timeout` seconds from start to the last byte of the answer; redirects are not
 followed (a 3xx is an answer like any other); the `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`
 environment variables apply; a timeout or a server that cannot be reached is a
@@ -219,11 +219,13 @@ class HttpSender:
         """One request: delivered on 2xx, else what `classify` or the failure makes of it."""
         try:
             async with asyncio.timeout(self.timeout):
-                proxy = self._proxies.get(url, "")
-                if proxy == "":
-                    proxy = self._proxies[url] = proxy_for(url)
                 async with self.session().request(
-                    method, url, data=body, headers=headers, allow_redirects=False, proxy=proxy
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    proxy=self._proxy(url),
                 ) as response:
                     answer = bytearray()
                     async for chunk in response.content.iter_any():
@@ -239,6 +241,11 @@ class HttpSender:
         if 200 <= status < 300:
             return DELIVERED_RESULT
         return classify(status, retry_after, body, bytes(answer))
+
+    def _proxy(self, url: str) -> str | None:
+        if url not in self._proxies:
+            self._proxies[url] = proxy_for(url)
+        return self._proxies[url]
 
     async def close(self) -> None:
         """Close the pool's connections."""

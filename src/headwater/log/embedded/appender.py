@@ -71,6 +71,19 @@ def free_disk_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def check_partitions(runs: Iterable[Run], partitions: int) -> None:
+    """Raise `ValueError` for a run aimed at a partition the log does not have."""
+    for run in runs:
+        if not 0 <= run.partition < partitions:
+            raise ValueError(f"no partition {run.partition}: the log has {partitions}")
+
+
+def _mark(conn: sqlite3.Connection, producer: str) -> int | None:
+    """The producer's mark: the highest `seq` it has committed (None: never)."""
+    row = conn.execute("SELECT seq FROM producers WHERE producer=?", (producer,)).fetchone()
+    return None if row is None else int(row[0])
+
+
 class SegmentAppender:
     """Appends record batches to an embedded log (any number of appenders may share one)."""
 
@@ -160,11 +173,8 @@ class SegmentAppender:
         if self.fatal is not None:
             raise LogUnavailable(self.fatal, retry_after=5)
         self._check_disk()
-        partitions = self.settings.partitions
         for runs, _producer in items:
-            for run in runs:
-                if not 0 <= run.partition < partitions:
-                    raise ValueError(f"no partition {run.partition}: the log has {partitions}")
+            check_partitions(runs, self.settings.partitions)
         try:
             stored, kept = self._write(items)
         except LogError:
@@ -204,10 +214,7 @@ class SegmentAppender:
     def produced(self, producer: str) -> int | None:
         """The producer's mark: the highest `seq` it has committed (None: never)."""
         with self._mutex:
-            row = self._conn.execute(
-                "SELECT seq FROM producers WHERE producer=?", (producer,)
-            ).fetchone()
-        return None if row is None else int(row[0])
+            return _mark(self._conn, producer)
 
     def _write(
         self, items: list[tuple[list[Run], tuple[str, int] | None]]
@@ -288,8 +295,7 @@ class SegmentAppender:
                 continue
             name, seq = producer
             if name not in marks:
-                row = conn.execute("SELECT seq FROM producers WHERE producer=?", (name,)).fetchone()
-                marks[name] = None if row is None else int(row[0])
+                marks[name] = _mark(conn, name)
             current = marks[name]
             keep = current is None or current < seq
             if keep:

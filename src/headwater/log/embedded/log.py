@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 from headwater.log.base import LogUnavailable
-from headwater.log.embedded.appender import AppendSettings, SegmentAppender
+from headwater.log.embedded.appender import AppendSettings, SegmentAppender, check_partitions
 from headwater.log.embedded.reader import EmbeddedLogReader
 from headwater.log.embedded.store import open_log
 from headwater.log.records import RecordBatch, Run
@@ -53,9 +53,7 @@ class EmbeddedLog:
     async def append(self, runs: list[Run], producer: str | None = None, seq: int = 0) -> None:
         """Durably append `runs`: the appends of this process's tasks that wait together go
         in one commit (one write, one fsync), each with its own producer mark."""
-        for run in runs:  # a bad append fails alone, not the commit it would share
-            if not 0 <= run.partition < self.partitions:
-                raise ValueError(f"no partition {run.partition}: the log has {self.partitions}")
+        check_partitions(runs, self.partitions)  # a bad append fails alone, not its commit
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._waiting.append((runs, None if producer is None else (producer, seq), done))
